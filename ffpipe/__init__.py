@@ -1,0 +1,1 @@
+"""ffpipe: Forward-Forward networks trained layer-parallel, as a pipeline of stages."""

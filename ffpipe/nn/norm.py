@@ -1,0 +1,60 @@
+"""The normalization between FF blocks: only the orientation of a block's activity reaches the next block.
+
+Hinton (2022) normalizes each hidden layer's activity vector before passing it on, because the next layer must
+not be able to read the previous layer's goodness off the vector's length: "the length is used to define the
+goodness for that layer and only the orientation is passed to the next layer". Seed 000 eq. 2 writes this as
+
+    y_norm = y / sqrt( (1/N) sum_i y_i^2 )
+
+over all N units of a layer; for a convolutional layer the units are every channel at every position, so the
+mean runs over C·H·W (dims 1..end of a sample), not per channel or per position. Subtracting the mean, as
+LayerNorm (Ba et al.) does, would change the direction, so this is an RMS norm with no learned gain or bias.
+
+Our choice: `eps` sits inside the square root (`sqrt(mean + eps)`), which keeps the output finite and the
+gradient bounded for an all-zero activity (a dead ReLU layer); loeweX adds it outside (`sqrt(mean) + eps`).
+Both differ from eq. 2 only when the mean square is of order eps.
+
+`group_rms_norm` applies the same rule per contiguous channel group. With the channel-wise competitive loss
+(seed 001 eqs. 2-3) each group is one class's evidence, so normalizing groups separately (our option,
+`model.norm: group`) keeps the relative sizes of the groups inside each group's own scale; `rms` (one norm
+over the whole block) is the papers' default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from ffpipe.errors import FFPipeError
+
+NORMS = ("rms", "group")
+
+
+def rms_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """Seed 000 eq. 2 over all of a sample's units (dims 1..end); the output has mean square 1 per sample."""
+    dims = tuple(range(1, x.dim()))
+    return x * (x.square().mean(dim=dims, keepdim=True) + eps).rsqrt()
+
+
+def group_rms_norm(x: Tensor, groups: int, eps: float = 1e-8) -> Tensor:
+    """`rms_norm` within each of `groups` contiguous channel groups (dim 1 split evenly, spatial dims kept).
+
+    For a conv activity [N, C, H, W] group j holds channels j·C/groups .. (j+1)·C/groups - 1 at every
+    position; for a linear activity [N, U] it holds the matching run of units. This is the grouping the
+    group_ce objective uses, so each class's group leaves the block with mean square 1.
+    """
+    if x.dim() < 2 or x.shape[1] % groups != 0:
+        raise FFPipeError(f"group normalization needs a channel count divisible by {groups} groups, "
+                          f"got activity of shape {tuple(x.shape)}")
+    grouped = x.reshape(x.shape[0], groups, -1)
+    return (grouped * (grouped.square().mean(dim=-1, keepdim=True) + eps).rsqrt()).reshape(x.shape)
+
+
+def make_norm(kind: str, groups: int, eps: float) -> Callable[[Tensor], Tensor]:
+    """The between-block normalization named by `model.norm`; `group` splits into `groups` (the classes)."""
+    if kind == "rms":
+        return lambda x: rms_norm(x, eps)
+    if kind == "group":
+        return lambda x: group_rms_norm(x, groups, eps)
+    raise FFPipeError(f"model.norm '{kind}' is not one of {', '.join(NORMS)}")

@@ -1,0 +1,96 @@
+"""Optimizers and per-epoch learning-rate schedules.
+
+Every FF block and every head slice gets its *own* optimizer instance. FF trains each layer on a local
+objective, so nothing couples the optimizers of two blocks; keeping them separate means a pipeline stage
+owns all the state of the blocks it holds, and a checkpoint written by one partition of the blocks into
+stages can be loaded by any other partition (see `ffpipe.checkpoint`).
+
+Schedules are a pure function of the epoch (`lr_at`). The trainer calls `set_lr(opt, lr_at(...))` at the start
+of every epoch instead of keeping a `torch.optim.lr_scheduler` object. Because the learning rate is recomputed
+from the epoch number alone, there is no scheduler state to checkpoint: resuming at epoch e gives exactly the
+learning rate an uninterrupted run would have used, whatever the partition or process layout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from ffpipe.errors import FFPipeError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cooldown", "multistep", "cosine")
+
+
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter],
+    name: str,
+    lr: float,
+    *,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> torch.optim.Optimizer:
+    """Build one optimizer for one block or head slice.
+
+    `sgd` uses `momentum` and `weight_decay`; `adam` applies `weight_decay` as an L2 term added to the
+    gradient (torch `Adam`), `adamw` applies it decoupled from the adaptive step (torch `AdamW`, Loshchilov
+    & Hutter). Seed 000 trains with Adam (lr 5e-5); offering the others is our choice, for comparison runs.
+    """
+    if lr < 0 or not math.isfinite(lr):
+        raise FFPipeError(f"learning rate must be a finite number >= 0 (0 freezes the parameters), got {lr}")
+    if weight_decay < 0:
+        raise FFPipeError(f"weight_decay must be >= 0, got {weight_decay}")
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    raise FFPipeError(f"unknown optimizer {name!r} (choose one of {', '.join(OPTIMIZERS)})")
+
+
+def lr_at(
+    schedule: str,
+    base_lr: float,
+    epoch: int,
+    epochs: int,
+    *,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+) -> float:
+    """Learning rate for `epoch` (1-indexed: the epoch about to run) of a run of `epochs` epochs.
+
+    - `constant`: `base_lr`.
+    - `cooldown`: seed 000 eq. 3, `lr_e = (2/E) * lr * (1 + E - e)`, applied only in the second half
+      (`e > E // 2`, as in loeweX's `get_linear_cooldown_lr`); before that `lr_e = lr`. For even E the halves
+      meet at `e = E//2 + 1` (rate `lr`); for odd E the first cooled epoch runs at `(E+1)/E * lr`, a small
+      bump the equation implies and we keep. The last epoch runs at `2/E * lr`.
+    - `multistep`: `base_lr * gamma ** (number of milestones <= e - 1)`, the value torch `MultiStepLR` gives
+      when stepped once at the end of every epoch (its milestones count completed epochs).
+    - `cosine`: `base_lr * (1 + cos(pi * (e - 1) / E)) / 2`, i.e. torch `CosineAnnealingLR` with
+      `T_max = E`, `eta_min = 0`; our choice, not a paper's.
+    """
+    if epochs < 1:
+        raise FFPipeError(f"epochs must be >= 1, got {epochs}")
+    if not 1 <= epoch <= epochs:
+        raise FFPipeError(f"epoch {epoch} is outside 1..{epochs}")
+    if schedule == "constant":
+        return base_lr
+    if schedule == "cooldown":
+        if epoch <= epochs // 2:
+            return base_lr
+        return 2.0 / epochs * base_lr * (1 + epochs - epoch)
+    if schedule == "multistep":
+        return base_lr * gamma ** sum(1 for m in milestones if m <= epoch - 1)
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
+    raise FFPipeError(f"unknown lr schedule {schedule!r} (choose one of {', '.join(SCHEDULES)})")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group (we never use per-group rates)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

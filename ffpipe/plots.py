@@ -1,0 +1,155 @@
+"""PNG plots of a run: training curves and confusion matrices.
+
+Figures are built with `matplotlib.figure.Figure` directly (no `pyplot`), which renders PNG through Agg and
+touches no global backend or figure registry, so plotting works headless and from any thread or process.
+Files are written atomically, like every other run artefact.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+from ffpipe.checkpoint import atomic_write_bytes
+from ffpipe.errors import FFPipeError
+from ffpipe.metrics import NOT_ACCURACIES
+
+
+def _save_png(fig: Figure, path: str | os.PathLike) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def _color(i: int) -> str:
+    """The i-th colour of matplotlib's default cycle (it has ten; more lines reuse them)."""
+    return f"C{i % 10}"
+
+
+def _readout_series(records: list[dict], key: str) -> dict[str, tuple[list[int], list[float]]]:
+    """`{readout name: (epochs, accuracies)}`; a list-valued readout (early exits) becomes `exit 1..K`.
+
+    Entries that are not numbers (an exit a stage does not offer is `None`) are skipped.
+    """
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for r in records:
+        for name, value in (r.get(key) or {}).items():
+            if name in NOT_ACCURACIES:
+                continue
+            for k, v in enumerate(value if isinstance(value, list) else [value], 1):
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    continue
+                label = f"{name} {k}" if isinstance(value, list) else name
+                xs, ys = series.setdefault(label, ([], []))
+                xs.append(r.get("epoch", 0))
+                ys.append(v)
+    return series
+
+
+def plot_curves(records: list[dict], path: str | os.PathLike) -> Path:
+    """Per-block FF loss, per-block positive/negative accuracy, and validation accuracy per readout vs epoch.
+
+    Test results (a `"kind": "test"` record) are drawn as stars at the last epoch of the validation panel.
+    """
+    train = [r for r in records if r.get("kind", "epoch") != "test" and r.get("blocks")]
+    if not train:
+        raise FFPipeError("no epoch records to plot")
+    val = _readout_series(train, "val")
+    test_records = [r for r in records if r.get("kind") == "test"]
+    test = _readout_series(test_records[-1:], "test")
+    panels = 3 if val or test else 2
+    fig = Figure(figsize=(5.0 * panels, 4.2), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    epochs = [r.get("epoch", 0) for r in train]
+    num_blocks = max(len(r["blocks"]) for r in train)
+
+    def block_values(i: int, key: str) -> list[float]:
+        """Block i's `key` per epoch; NaN (a gap in the line) where a record lacks it or holds None."""
+        values = [r["blocks"][i].get(key) if i < len(r["blocks"]) else None for r in train]
+        return [v if isinstance(v, int | float) else float("nan") for v in values]
+
+    for i in range(num_blocks):
+        c = _color(i)
+        axes[0].plot(epochs, block_values(i, "loss"), marker=".", color=c, label=f"block {i}")
+        axes[1].plot(epochs, block_values(i, "acc_pos"), marker=".", color=c, label=f"block {i} pos")
+        axes[1].plot(epochs, block_values(i, "acc_neg"), marker=".", color=c, ls="--", label=f"block {i} neg")
+    axes[0].set(title="FF loss per block", xlabel="epoch", ylabel="loss")
+    axes[1].set(title="goodness accuracy (pos solid, neg dashed)", xlabel="epoch", ylabel="accuracy")
+    if panels == 3:
+        last_epoch = epochs[-1]
+        for j, (name, (xs, ys)) in enumerate(val.items()):
+            axes[2].plot(xs, ys, marker=".", color=_color(j), label=name)
+        names = list(val) + [name for name in test if name not in val]
+        for name, (_, ys) in test.items():
+            axes[2].plot(
+                [last_epoch],
+                ys,
+                marker="*",
+                ms=12,
+                ls="none",
+                color=_color(names.index(name)),
+                label=f"test {name}",
+            )
+        axes[2].set(title="accuracy per readout", xlabel="epoch", ylabel="accuracy")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", framealpha=0.7, ncol=2 if len(ax.get_lines()) > 8 else 1)
+        if len(epochs) <= 20:
+            ax.set_xticks(sorted(set(epochs)))
+    return _save_png(fig, path)
+
+
+def _check_cm(cm: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
+    cm = torch.as_tensor(cm)
+    if cm.dim() != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(class_names):
+        raise ValueError(f"confusion matrix of shape {tuple(cm.shape)} does not fit {len(class_names)} names")
+    return cm.to(torch.int64)
+
+
+def plot_confusion(cm: torch.Tensor, class_names: Sequence[str], path: str | os.PathLike) -> Path:
+    """Counts in every cell; colour is the row-normalised rate (recall), so rare classes stay readable."""
+    cm = _check_cm(cm, class_names)
+    n = cm.shape[0]
+    rows = cm.sum(dim=1, keepdim=True).clamp(min=1)
+    rate = (cm.double() / rows).numpy()
+    total = int(cm.sum())
+    acc = float(cm.diagonal().sum()) / total if total else float("nan")
+    size = max(4.5, 0.55 * n + 2.0)
+    fig = Figure(figsize=(size + 1.0, size), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(rate, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, label="fraction of true class", shrink=0.8)
+    ax.set_xticks(range(n), list(class_names), rotation=45, ha="right")
+    ax.set_yticks(range(n), list(class_names))
+    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix (accuracy {acc:.4f}, n={total})")
+    fontsize = 9 if n <= 10 else 7 if n <= 20 else 0
+    if fontsize:
+        for t in range(n):
+            for p in range(n):
+                ax.text(
+                    p,
+                    t,
+                    str(int(cm[t, p])),
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize,
+                    color="white" if rate[t, p] > 0.5 else "black",
+                )
+    return _save_png(fig, path)
+
+
+def save_confusion(
+    cm: torch.Tensor, class_names: Sequence[str], json_path: str | os.PathLike, png_path: str | os.PathLike
+) -> None:
+    """Write the matrix as JSON `{"class_names": [...], "matrix": [[...]]}` (rows = true) and as a PNG."""
+    cm = _check_cm(cm, class_names)
+    doc = {"class_names": list(class_names), "matrix": cm.tolist()}
+    atomic_write_bytes(json_path, (json.dumps(doc) + "\n").encode())
+    plot_confusion(cm, class_names, png_path)

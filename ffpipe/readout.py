@@ -1,0 +1,93 @@
+"""Finishing the readouts at the end of the network, and counting how often each one is right.
+
+The last stage (or the sequential trainer after the last stage) hands every evaluated packet to a `Tally`.
+Which readouts a view carries (see `ffpipe.packet`):
+- `plain`: the linear head (argmax of the summed slice logits, seed 000 §2.3) and, for group_ce, the group
+  readout (argmax of the group goodness summed over blocks, seed 001 one-pass inference);
+- `overlay`: the goodness readout (argmax over labels of the goodness summed over blocks, seed 000 eq. 4).
+Early exits: one prediction per stage boundary, from the running sums up to that stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ffpipe.config import Config
+from ffpipe.packet import Packet
+
+
+def views_for(cfg: Config) -> list[str]:
+    readouts = cfg.head.readouts
+    views = ["plain"] if {"linear", "group"} & set(readouts) else []
+    return views + (["overlay"] if "goodness" in readouts else [])
+
+
+@dataclass
+class Tally:
+    readouts: list[str]
+    correct: dict[str, int] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)
+    exit_correct: list[int] = field(default_factory=list)
+    exit_seen: list[int] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    predictions: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    labels: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def _count(self, name: str, pred: torch.Tensor, y: torch.Tensor) -> None:
+        self.correct[name] = self.correct.get(name, 0) + int((pred == y).sum())
+        self.seen[name] = self.seen.get(name, 0) + len(y)
+        self.predictions.setdefault(name, []).append(pred.cpu())
+        self.labels.setdefault(name, []).append(y.cpu())
+
+    def add(self, packet: Packet) -> None:
+        y = packet.y
+        if packet.view == "overlay":
+            self._count("goodness", packet.scores.argmax(dim=1), y)
+        else:
+            if "linear" in self.readouts and packet.logits is not None:
+                self._count("linear", packet.logits.argmax(dim=1), y)
+            if "group" in self.readouts and packet.scores is not None:
+                self._count("group", packet.scores.argmax(dim=1), y)
+        if packet.exits is not None and packet.view == self.exit_view:
+            self._add_exits(packet.exits, y)
+
+    @property
+    def exit_view(self) -> str:
+        """Early exits come from the linear/group pass when there is one, else from the goodness pass."""
+        return "plain" if {"linear", "group"} & set(self.readouts) else "overlay"
+
+    def _add_exits(self, exits: torch.Tensor, y: torch.Tensor) -> None:
+        while len(self.exit_correct) < len(exits):
+            self.exit_correct.append(0)
+            self.exit_seen.append(0)
+        for k, row in enumerate(exits):
+            if bool((row >= 0).all()):
+                self.exit_correct[k] += int((row == y).sum())
+                self.exit_seen[k] += len(y)
+
+    def add_time(self, view: str, seconds: float) -> None:
+        self.seconds[view] = self.seconds.get(view, 0.0) + seconds
+
+    def result(self) -> dict:
+        """`{"linear": acc, ..., "exit": [acc or None per stage], "infer_ms_per_image": {...}, "n": N}`."""
+        out: dict = {name: self.correct[name] / self.seen[name] for name in self.correct}
+        out["exit"] = [c / s if s else None for c, s in zip(self.exit_correct, self.exit_seen)]
+        timing = {}
+        for name in self.correct:
+            view = "overlay" if name == "goodness" else "plain"
+            if view in self.seconds:
+                timing[name] = 1000.0 * self.seconds[view] / self.seen[name]
+        out["infer_ms_per_image"] = timing
+        out["n"] = max(self.seen.values(), default=0)
+        return out
+
+    def primary(self) -> str | None:
+        for name in ("linear", "group", "goodness"):
+            if name in self.correct:
+                return name
+        return None
+
+    def confusion_inputs(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat(self.labels[name]), torch.cat(self.predictions[name])

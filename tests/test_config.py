@@ -1,0 +1,95 @@
+"""Typed configs: every error class is one `ffpipe: error:` line, and good configs load as written."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ffpipe.config import dump_config, load_config
+from ffpipe.errors import FFPipeError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_shipped_config_loads():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.model.depth >= 1, path
+
+
+def test_overrides_parse_as_yaml():
+    cfg = load_config(None, ["model.width=[8,8,8]", "optim.lr=1e-3", "pipeline.stages=2",
+                             "pipeline.partition=[2,1]", "data.dir=/tmp/x"])
+    assert cfg.model.width == [8, 8, 8] and cfg.optim.lr == 1e-3
+    assert cfg.pipeline.partition == [2, 1] and cfg.data.dir == "/tmp/x"
+
+
+def test_int_is_accepted_for_float():
+    assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.widht=3", "unknown key 'model.widht'; did you mean 'width'?"),
+    ("modle.width=3", "unknown key 'modle'; did you mean 'model'?"),
+])
+def test_unknown_key_did_you_mean(override, message):
+    with pytest.raises(FFPipeError, match=message.replace("?", r"\?").replace(".", r"\.")):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("override", ["model.width=abc", "train.epochs=true", "train.epochs=2.5",
+                                      "head.readouts=linear", "model=3"])
+def test_wrong_type(override):
+    with pytest.raises(FFPipeError, match="expected"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("override", ["optim.lr=-1", "data.batch_size=0", "model.depth=0",
+                                      "data.labels.k=1.5", "loss.family=bcee"])
+def test_out_of_range(override):
+    with pytest.raises(FFPipeError):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["pipeline.stages=9"], "cannot split"),
+    (["pipeline.stages=2", "pipeline.partition=[3,3]"], "must give each"),
+    (["model.width=[8,8]"], "has 2 entries"),
+    (["loss.family=group_ce"], "group_ce takes the plain image"),
+    (["data.labels.encoding=none"], "only works with loss.family group_ce"),
+    (["model.type=linear", "model.pool=2"], "pooling needs"),
+    (["optim.schedule=multistep"], "milestone"),
+    (["head.mode=none"], "needs head.mode"),
+])
+def test_impossible_combinations(overrides, fragment):
+    with pytest.raises(FFPipeError, match=fragment):
+        load_config(None, overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FFPipeError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(FFPipeError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("3\n")
+    with pytest.raises(FFPipeError, match="mapping"):
+        load_config(scalar)
+
+
+def test_dump_round_trip(tmp_path):
+    cfg = load_config(ROOT / "configs" / "default.yaml", ["optim.lr=0.5"])
+    dump_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ffpipe.cli", "train", "--set", "model.widht=3",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["ffpipe: error: config: unknown key 'model.widht'; "
+                                                  "did you mean 'width'?"]
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,112 @@
+"""The Stage: locality of learning, partition invariance, FGFF lr = 0, NaN handling, and learning heads."""
+
+import pytest
+import torch
+
+from ffpipe.config import load_config
+from ffpipe.data import load_dataset
+from ffpipe.network import build_stages, specs_for, stage_bounds
+from ffpipe.source import PacketSource
+from ffpipe.stage import NonFiniteLoss
+
+MLP = ["model.type=linear", "model.depth=3", "model.width=64", "data.batch_size=50",
+       "data.labels.encoding=onehot", "train.progress=false"]
+
+
+def build(overrides, stages=1):
+    cfg = load_config(None, MLP + list(overrides) + [f"pipeline.stages={stages}"])
+    data = load_dataset(cfg.data.name)
+    specs = specs_for(cfg, data.image_shape)
+    net = build_stages(cfg, specs, stage_bounds(cfg, specs), data.num_classes, torch.device("cpu"))
+    return cfg, PacketSource(cfg, data), net
+
+
+def run_steps(source, stages, n):
+    for i, packet in enumerate(source.train_packets(epoch=1)):
+        if i == n:
+            break
+        for stage in stages:
+            packet, _ = stage.step(packet)
+
+
+def block_weights(stages):
+    return {i: t for s in stages for i, e in s.state_dict().items() for t in [e["block"]]}
+
+
+def test_no_gradient_crosses_a_block_boundary():
+    _, source, (stage,) = build([])
+    packet = next(source.train_packets(epoch=1))
+    _, pending = stage.forward(packet)
+    pending.losses[2].backward()
+    assert all(p.grad is None for p in stage.blocks[0].parameters())
+    assert all(p.grad is None for p in stage.blocks[1].parameters())
+    assert all(p.grad is not None for p in stage.blocks[2].parameters())
+
+
+def test_backprop_chunk_sends_gradient_inside_the_stage_only():
+    _, source, stages = build(["train.chunk_mode=backprop", "pipeline.partition=[2,1]"], stages=2)
+    packet = next(source.train_packets(epoch=1))
+    out, pending = stages[0].forward(packet)
+    assert pending.losses[0] is None and pending.losses[1] is not None
+    pending.losses[1].backward()
+    assert all(p.grad is not None for p in stages[0].blocks[0].parameters())
+    assert not out.x.requires_grad
+
+
+def test_outputs_are_computed_before_the_update():
+    _, source, (stage,) = build([])
+    packet = next(source.train_packets(epoch=1))
+    out, pending = stage.forward(packet)
+    before = out.x.clone()
+    stage.update(pending, packet)
+    again, _ = stage.forward(packet)
+    assert torch.equal(out.x, before) and not torch.equal(again.x, before)
+
+
+@pytest.mark.parametrize("partition", [[1, 2], [2, 1]])
+def test_partition_does_not_change_the_weights(partition):
+    _, source, one = build(["head.mode=local"])
+    _, source2, two = build(["head.mode=local", f"pipeline.partition={partition}"], stages=2)
+    run_steps(source, one, 6)
+    run_steps(source2, two, 6)
+    a, b = block_weights(one), block_weights(two)
+    assert a.keys() == b.keys()
+    for i in a:
+        for key in a[i]:
+            assert torch.equal(a[i][key], b[i][key]), (i, key)
+
+
+def test_fgff_with_lr_zero_is_plain_ff_bitwise():
+    base = ["loss.family=hinge", "loss.goodness=mean", "loss.threshold=1.0", "loss.margin=0.5"]
+    _, s1, plain = build(base)
+    _, s2, fgff = build(base + ["loss.significance=true", "loss.significance_lr=0"])
+    run_steps(s1, plain, 5)
+    run_steps(s2, fgff, 5)
+    a, b = block_weights(plain), block_weights(fgff)
+    for i in a:
+        for key in a[i]:
+            assert torch.equal(a[i][key], b[i][key]), (i, key)
+    _, s3, learned = build(base + ["loss.significance=true", "loss.significance_lr=0.01"])
+    run_steps(s3, learned, 5)
+    w = learned[0].objectives[1].significance
+    assert not torch.equal(w, torch.ones_like(w))
+
+
+def test_nan_names_the_block():
+    _, source, (stage,) = build([])
+    packet = next(source.train_packets(epoch=1))
+    packet.x[0] = float("nan")
+    with pytest.raises(NonFiniteLoss, match="block 0 at step 1"):
+        stage.step(packet)
+
+
+def test_negatives_never_carry_the_true_label():
+    _, source, _ = build([])
+    for i, packet in enumerate(source.train_packets(epoch=1)):
+        if i == 20:
+            break
+        n = packet.n
+        pos_label = packet.x[:n, 0].flatten(1)[:, :10].argmax(dim=1)
+        neg_label = packet.x[n:2 * n, 0].flatten(1)[:, :10].argmax(dim=1)
+        assert torch.equal(pos_label, packet.y)
+        assert bool((neg_label != packet.y).all())

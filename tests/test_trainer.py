@@ -1,0 +1,103 @@
+"""The sequential trainer end to end: learning, run outputs, checkpoints, resume, resharding, eval, NaN."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ffpipe.checkpoint import latest_checkpoint, load_checkpoint
+from ffpipe.config import load_config
+from ffpipe.errors import FFPipeError
+from ffpipe.evaluate import evaluate_checkpoint
+from ffpipe.source import PacketSource
+from ffpipe.stage import NonFiniteLoss
+from ffpipe.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+MLP = ["model.type=linear", "model.depth=3", "model.width=64", "data.batch_size=50",
+       "data.labels.encoding=onehot", "train.progress=false", "train.epochs=2"]
+
+
+def weights(run_dir):
+    return load_checkpoint(latest_checkpoint(run_dir))[1]
+
+
+def assert_same_blocks(a, b):
+    assert a.keys() == b.keys()
+    for i in a:
+        for part in ("block", "objective", "optim"):
+            for key, value in a[i].get(part, {}).items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(value, b[i][part][key]), (i, part, key)
+
+
+def test_run_writes_every_output(tmp_path):
+    cfg = load_config(None, MLP + ["train.max_steps=40"])
+    summary = train(cfg, out=str(tmp_path / "run"))
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "confusion.json", "confusion.png", "curves.png"):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epoch = records[0]
+    assert epoch["step"] == 40 and len(epoch["blocks"]) == 3
+    assert set(epoch["blocks"][0]) >= {"loss", "g_pos", "g_neg", "acc_pos", "acc_neg", "compute_s"}
+    assert set(epoch["val"]) >= {"linear", "goodness", "exit", "infer_ms_per_image"}
+    assert records[-1]["kind"] == "test" and summary["test"]["n"] == 1000
+
+
+def test_resume_is_bit_identical(tmp_path):
+    straight = tmp_path / "straight"
+    train(load_config(None, MLP), out=str(straight))
+    split = tmp_path / "split"
+    spe = 6000 // 50
+    train(load_config(None, MLP + [f"train.max_steps={spe}"]), out=str(split))
+    assert load_checkpoint(latest_checkpoint(split))[0]["epoch"] == 1
+    train(load_config(None, MLP), out=str(split), resume=True)
+    assert_same_blocks(weights(straight), weights(split))
+
+
+def test_checkpoint_loads_into_another_partition(tmp_path):
+    run = tmp_path / "run"
+    train(load_config(None, MLP + ["pipeline.stages=3", "train.max_steps=120", "train.epochs=1"]), out=str(run))
+    meta, blocks = load_checkpoint(latest_checkpoint(run))
+    assert sorted(blocks) == [0, 1, 2] and len(list(latest_checkpoint(run).glob("blocks-*.pt"))) == 3
+    result = evaluate_checkpoint(str(run), split="val")
+    assert set(result["accuracy"]) == {"linear", "goodness"} and result["n"] == 1000
+
+
+def test_wrong_architecture_is_refused(tmp_path):
+    run = tmp_path / "run"
+    train(load_config(None, MLP + ["train.max_steps=10", "train.epochs=1"]), out=str(run))
+    with pytest.raises(FFPipeError, match="different architecture: model.width"):
+        train(load_config(None, MLP + ["model.width=32"]), out=str(run), resume=True)
+
+
+def test_nan_stops_with_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    spe = 6000 // 50
+    original = PacketSource._input
+
+    def poisoned(self, x):
+        x = original(self, x)
+        if self._calls == spe + 3:
+            x[:] = float("nan")
+        self._calls += 1
+        return x
+
+    monkeypatch.setattr(PacketSource, "_calls", 0, raising=False)
+    monkeypatch.setattr(PacketSource, "_input", poisoned)
+    with pytest.raises(NonFiniteLoss, match="non-finite loss in block 0 at step 124"):
+        train(load_config(None, MLP), out=str(run))
+    assert load_checkpoint(latest_checkpoint(run))[0]["epoch"] == 1
+
+
+def test_eval_cli_prints_one_json_object(tmp_path):
+    run = tmp_path / "run"
+    train(load_config(None, MLP + ["train.max_steps=20", "train.epochs=1"]), out=str(run))
+    out = subprocess.run([sys.executable, "-m", "ffpipe.cli", "eval", "--checkpoint", str(run), "--json",
+                          "--readout", "linear"], capture_output=True, text=True, check=True, cwd=ROOT)
+    result = json.loads(out.stdout)
+    assert result["split"] == "test" and set(result["accuracy"]) == {"linear"} and result["n"] == 1000
