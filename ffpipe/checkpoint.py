@@ -306,3 +306,33 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int = 2) -> None:
     for d in doomed:
         (d / MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(d)
+
+
+def diff_checkpoints(a: str | os.PathLike, b: str | os.PathLike) -> dict:
+    """Per block: max |a − b| over its FF weights and whether they are bitwise identical (`torch.equal`).
+
+    Compares the `block` and `objective` state (weights, biases, BN and peer-norm buffers, significance), the
+    state that defines the FF network; head slices are compared separately under `head`.
+    """
+    _, left = load_checkpoint(resolve_checkpoint(a))
+    _, right = load_checkpoint(resolve_checkpoint(b))
+    if sorted(left) != sorted(right):
+        raise FFPipeError(f"the checkpoints hold different blocks: {sorted(left)} vs {sorted(right)}")
+    rows = []
+    for index in sorted(left):
+        row: dict = {"index": index}
+        for part in ("block", "head"):
+            pairs = [(k, t, right[index].get(part, {}).get(k)) for k, t in left[index].get(part, {}).items()
+                     if isinstance(t, torch.Tensor)]
+            if part == "block":
+                pairs += [(k, t, right[index]["objective"].get(k)) for k, t in left[index]["objective"].items()
+                          if isinstance(t, torch.Tensor)]
+            if not pairs:
+                continue
+            if any(r is None or r.shape != t.shape for _, t, r in pairs):
+                raise FFPipeError(f"block {index}: the checkpoints have different {part} shapes")
+            row[part] = {"max_abs_diff": max(float((t.double() - r.double()).abs().max()) if t.numel() else 0.0
+                                             for _, t, r in pairs),
+                         "identical": all(torch.equal(t, r) for _, t, r in pairs)}
+        rows.append(row)
+    return {"blocks": rows, "identical": all(r["block"]["identical"] for r in rows)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,11 +39,19 @@ def load_cli_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ffpipe.trainer import train
+    """Sequential in this process, one worker of a torchrun job, or a pipeline this process starts."""
+    from ffpipe.pipeline import launch
+    from ffpipe.trainer import run_dir_for, train
 
     cfg = load_cli_config(args)
+    if launch.in_torchrun() and not args.sequential:
+        if args.stages is None:
+            cfg = launch.with_stages(cfg, int(os.environ["WORLD_SIZE"]))
+        return launch.run_worker(cfg, args.out, args.resume)
     if args.resume and not args.out:
         raise FFPipeError("--resume needs --out RUN_DIR (the run to continue)")
+    if cfg.pipeline.stages > 1 and not args.sequential:
+        return launch.spawn(args.argv, cfg, str(run_dir_for(cfg, args.out)))
     summary = train(cfg, out=args.out, resume=args.resume)
     test = summary["test"]
     shown = {k: round(v, 4) for k, v in test.items() if isinstance(v, float)}
@@ -83,6 +92,22 @@ def cmd_labels_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ckpt_diff(args: argparse.Namespace) -> int:
+    from ffpipe.checkpoint import diff_checkpoints
+
+    result = diff_checkpoints(args.run_a, args.run_b)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for row in result["blocks"]:
+            parts = "  ".join(f"{part}: max|diff| {row[part]['max_abs_diff']:.3g} "
+                              f"{'identical' if row[part]['identical'] else 'differs'}"
+                              for part in ("block", "head") if part in row)
+            print(f"block {row['index']}  {parts}")
+        print("FF blocks bitwise identical" if result["identical"] else "FF blocks differ")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffpipe", description="Forward-Forward training, layer-parallel.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", help="run directory (default: run.out_dir/run.name)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--sequential", action="store_true",
+                   help="run the stages one after another in this process (debugging, equivalence checks)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint")
@@ -108,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_info)
 
+    ckpt = sub.add_parser("ckpt", help="checkpoints").add_subparsers(dest="ckpt_command", required=True)
+    p = ckpt.add_parser("diff", help="per block: max abs difference, and whether bitwise identical")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ckpt_diff)
+
     labels = sub.add_parser("labels", help="label encodings").add_subparsers(dest="labels_command", required=True)
     p = labels.add_parser("show", help="render all label variants of one image to a PNG")
     p.add_argument("--encoding", default="fourier", choices=["onehot", "fourier"])
@@ -122,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:]
     try:
         return args.func(args)
     except FFPipeError as exc:

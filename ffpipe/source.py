@@ -1,7 +1,8 @@
 """Stage 0's job: turn minibatches of images into packets of positive, negative and neutral streams.
 
-Negative sampling lives here, at the head of the network, with a generator seeded by (seed, epoch) only, so
-the stream of packets is the same whatever the partition into stages and however a run was resumed.
+Negative sampling lives here, at the head of the network, with a generator seeded by (seed, step) only, so
+the stream of packets is the same whatever the partition into stages and wherever a run was resumed, even
+in the middle of an epoch.
 The network input gets the same RMS normalization as every block output (seed 000 eq. 2).
 """
 
@@ -43,15 +44,17 @@ class PacketSource:
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.cfg.model.eps)
 
-    def train_packets(self, epoch: int) -> Iterator[Packet]:
-        """The packets of one epoch (1-indexed); `step` counts optimizer steps from the start of training."""
+    def train_packets(self, epoch: int, start_step: int = 0) -> Iterator[Packet]:
+        """The packets of one epoch (1-indexed), from its `start_step`-th batch on; `Packet.step` counts
+        optimizer steps from the start of training (the first step is 1)."""
         seed = self.cfg.train.seed
-        gen = torch.Generator(device=self.device).manual_seed(derived_seed(seed, epoch, 1))
         first_step = (epoch - 1) * self.steps_per_epoch
         batches = epoch_batches(self.dataset.train, self.cfg.data.batch_size, seed=seed, epoch=epoch,
-                                device=self.device)
-        for i, (x, y) in enumerate(batches):
+                                device=self.device, start_batch=start_step)
+        gen = torch.Generator(device=self.device)
+        for i, (x, y) in enumerate(batches, start=start_step):
             if self.overlays:
+                gen.manual_seed(derived_seed(seed, first_step + i + 1))
                 y_neg = sample_negatives(y, self.dataset.num_classes, gen)
                 streams = [self.encoder.encode(x, y), self.encoder.encode(x, y_neg)]
                 if self.neutral:

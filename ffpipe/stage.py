@@ -99,20 +99,29 @@ class Stage:
         self.sig_optims = [make_optimizer([obj.significance], o.name, cfg.loss.significance_lr, momentum=o.momentum)
                            if obj.significance is not None and t else None
                            for obj, t in zip(self.objectives, self.has_loss)]
-        excluded = {0} if cfg.head.exclude_first and len(specs) > 1 else set()
-        self.readout = [i not in excluded for i in self.indices]
+        readout = self.readout_indices(cfg, first, last, len(specs))
+        self.readout = [i in readout for i in self.indices]
         h = cfg.head
         self.heads: dict[int, nn.Linear] = {}
         self.head_optims: dict[int, torch.optim.Optimizer] = {}
-        if h.mode != "none":
-            for i, reads in zip(self.indices, self.readout):
-                if reads:
-                    self.heads[i] = make_slice(specs[i].units, num_classes, i, seed).to(self.device)
-                    self.head_optims[i] = make_optimizer(self.heads[i].parameters(), h.optimizer, h.lr,
-                                                         momentum=h.momentum, weight_decay=h.weight_decay)
+        for i in self.head_indices(cfg, first, last, len(specs)):
+            self.heads[i] = make_slice(specs[i].units, num_classes, i, seed).to(self.device)
+            self.head_optims[i] = make_optimizer(self.heads[i].parameters(), h.optimizer, h.lr,
+                                                 momentum=h.momentum, weight_decay=h.weight_decay)
         self._features: dict[int, list[tuple[int, torch.Tensor]]] = {}
         self._meter = _Meter()
         self._lr = cfg.optim.lr
+
+    @staticmethod
+    def readout_indices(cfg: Config, first: int, last: int, num_blocks: int) -> list[int]:
+        """Blocks `first..last-1` that feed the readouts: all but block 0 when `head.exclude_first`."""
+        skip_first = cfg.head.exclude_first and num_blocks > 1
+        return [i for i in range(first, last) if not (skip_first and i == 0)]
+
+    @staticmethod
+    def head_indices(cfg: Config, first: int, last: int, num_blocks: int) -> list[int]:
+        """Blocks that own a linear-head slice (none when `head.mode: none`)."""
+        return [] if cfg.head.mode == "none" else Stage.readout_indices(cfg, first, last, num_blocks)
 
     # -- which block learns what -------------------------------------------------------------------------
     def _block_has_loss(self, index: int) -> bool:
@@ -185,7 +194,7 @@ class Stage:
             stats.append(st)
             x = self._normalize(y)
             if index in self.heads:
-                feats = x[packet.rows("neutral", self.overlays)].detach()
+                feats = x[packet.rows("neutral", self.overlays)].detach().flatten(1)
                 part = self.heads[index](feats.float())
                 if self.cfg.head.mode == "local":
                     running = part if logits is None else logits + part
@@ -275,7 +284,7 @@ class Stage:
                 scores = s if scores is None else scores + s
             x = self._normalize(y)
             if packet.view == "plain" and index in self.heads:
-                part = self.heads[index](x.float())
+                part = self.heads[index](x.flatten(1).float())
                 logits = part if logits is None else logits + part
         exit_from = logits if packet.view == "plain" and logits is not None else scores
         out = packet.evolve(x=x, logits=logits, scores=scores)

@@ -101,33 +101,30 @@ def run_dir_for(cfg: Config, out: str | None) -> Path:
 
 
 def train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
-    """Train with `cfg`, writing metrics, checkpoints and plots under the run dir; returns the summary."""
+    """Train with `cfg`, writing metrics, checkpoints and plots under the run dir; returns the summary.
+
+    A checkpoint is written at every epoch end and where `train.max_steps` stops the run; `resume` continues
+    from the newest one, mid-epoch if need be (data order and negatives depend only on seed, epoch and step).
+    """
     run_dir = run_dir_for(cfg, out)
     run_dir.mkdir(parents=True, exist_ok=True)
     net = Network.build(cfg)
-    start_epoch, step = 1, 0
+    step = 0
     previous = latest_checkpoint(run_dir) if resume else None
     if previous is not None:
-        meta = net.load(previous)
-        start_epoch, step = meta["epoch"] + 1, meta["step"]
+        step = net.load(previous)["step"]
     dump_config(cfg, run_dir / "config.yaml")
     log = MetricsLog(run_dir / "metrics.jsonl")
     epochs, spe = cfg.train.epochs, net.source.steps_per_epoch
-    max_steps = cfg.train.max_steps
-    total = min(epochs * spe, max_steps) if max_steps else epochs * spe
+    last_step = min(epochs * spe, cfg.train.max_steps or epochs * spe)
     val = None
-    with TrainView(total, epochs, enabled=cfg.train.progress) as view:
-        view.update(step, start_epoch, 0.0, 0.0, 0.0)
-        for epoch in range(start_epoch, epochs + 1):
-            if max_steps and step >= max_steps:
-                break
+    with TrainView(last_step, epochs, enabled=cfg.train.progress) as view:
+        while step < last_step:
+            epoch, start = step // spe + 1, step % spe
             for stage in net.stages:
                 stage.set_epoch(epoch, epochs)
-            t0, seen, correct_sum, done = time.perf_counter(), 0, 0.0, True
-            for packet in net.source.train_packets(epoch):
-                if max_steps and step >= max_steps:
-                    done = False
-                    break
+            t0, seen, correct_sum = time.perf_counter(), 0, 0.0
+            for packet in net.source.train_packets(epoch, start):
                 try:
                     loss, correct = net.train_step(packet)
                 except NonFiniteLoss as exc:
@@ -135,22 +132,23 @@ def train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
                     raise
                 step, seen = packet.step, seen + packet.n
                 correct_sum += correct
-                if step % 10 == 0:
-                    rate = seen / (time.perf_counter() - t0)
-                    view.update(step, epoch, float(loss), float(correct_sum) / seen, rate)
+                if step % 10 == 0 or step == last_step:
+                    view.update(step, epoch, float(loss), float(correct_sum) / seen,
+                                seen / (time.perf_counter() - t0))
+                if step == last_step:
+                    break
             train_s = time.perf_counter() - t0
             record = {"epoch": epoch, "step": step, "lr": net.stages[0].lr, "train_s": train_s,
                       "samples_per_s": seen / train_s if train_s > 0 else 0.0,
                       "head_train_acc": float(correct_sum) / seen if seen else None,
                       "blocks": [row for stage in net.stages for row in stage.epoch_metrics()]}
-            if epoch % cfg.train.eval_every == 0 or epoch == epochs or not done:
+            if epoch % cfg.train.eval_every == 0 or step == last_step:
                 val = net.evaluate(net.dataset.val).result()
                 record["val"] = val
             record["wall_s"] = time.perf_counter() - t0
             log.write(record)
             view.epoch_summary(record)
-            if done:
-                net.save(run_dir, epoch, step)
+            net.save(run_dir, epoch, step)
     return finish(net, run_dir, log, val, step)
 
 

@@ -103,6 +103,8 @@ def test_same_padding_keeps_the_map_and_stride_shrinks_it():
     spec = BlockSpec(index=0, kind="conv", in_shape=(3, 28, 28), out=4, kernel=3, stride=2)
     assert spec.out_shape == (4, 14, 14)
     assert build_block(spec, 0)(torch.randn(1, 3, 28, 28)).shape == (1, 4, 14, 14)
+    even = BlockSpec(index=0, kind="conv", in_shape=(3, 8, 8), out=4, kernel=4, padding="valid")  # FF_tiny's 4x4
+    assert even.out_shape == (4, 5, 5)
 
 
 def test_linear_block_after_conv_flattens():

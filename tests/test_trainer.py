@@ -48,15 +48,17 @@ def test_run_writes_every_output(tmp_path):
     assert records[-1]["kind"] == "test" and summary["test"]["n"] == 1000
 
 
-def test_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("stop", [120, 50])
+def test_resume_is_bit_identical(tmp_path, stop):
+    """2 epochs straight == stop (at the epoch end, 120 steps, or mid-epoch) + resume + the rest."""
     straight = tmp_path / "straight"
     train(load_config(None, MLP), out=str(straight))
     split = tmp_path / "split"
-    spe = 6000 // 50
-    train(load_config(None, MLP + [f"train.max_steps={spe}"]), out=str(split))
-    assert load_checkpoint(latest_checkpoint(split))[0]["epoch"] == 1
+    train(load_config(None, MLP + [f"train.max_steps={stop}"]), out=str(split))
+    assert load_checkpoint(latest_checkpoint(split))[0]["step"] == stop
     train(load_config(None, MLP), out=str(split), resume=True)
     assert_same_blocks(weights(straight), weights(split))
+    assert load_checkpoint(latest_checkpoint(split))[0]["step"] == 240
 
 
 def test_checkpoint_loads_into_another_partition(tmp_path):
@@ -77,21 +79,19 @@ def test_wrong_architecture_is_refused(tmp_path):
 
 def test_nan_stops_with_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    spe = 6000 // 50
-    original = PacketSource._input
+    original = PacketSource.train_packets
 
-    def poisoned(self, x):
-        x = original(self, x)
-        if self._calls == spe + 3:
-            x[:] = float("nan")
-        self._calls += 1
-        return x
+    def poisoned(self, epoch, start_step=0):
+        for packet in original(self, epoch, start_step):
+            if packet.step == 124:
+                packet.x[:] = float("nan")
+            yield packet
 
-    monkeypatch.setattr(PacketSource, "_calls", 0, raising=False)
-    monkeypatch.setattr(PacketSource, "_input", poisoned)
+    monkeypatch.setattr(PacketSource, "train_packets", poisoned)
     with pytest.raises(NonFiniteLoss, match="non-finite loss in block 0 at step 124"):
         train(load_config(None, MLP), out=str(run))
     assert load_checkpoint(latest_checkpoint(run))[0]["epoch"] == 1
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "error"
 
 
 def test_eval_cli_prints_one_json_object(tmp_path):

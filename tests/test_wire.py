@@ -209,32 +209,40 @@ def test_every_depth_delivers_the_same_stream_in_order():
         assert {epoch for _, epoch, _ in trace} == {depth}
 
 
+def _counting(step: int) -> list[torch.Tensor]:
+    return [torch.full((64, 32), float(step)), torch.arange(8) + step]
+
+
 def _reuse(rank: int) -> object:
+    """Warm-up fills every buffer the receiver can need: rank 1 holds message 0 while its pump takes
+    messages 1 and 2 (depth 2), which rank 0's flush confirms. Afterwards no buffer may be added."""
     if rank == 0:
         out = Sender(1, depth=2, timeout_s=10)
         for step in range(40):
-            out.send(Kind.TRAIN, step, 0, [torch.full((64, 32), float(step)), torch.arange(8) + step])
+            out.send(Kind.TRAIN, step, 0, _counting(step))
+            if step == 2:
+                out.flush()
+                dist.barrier()
         out.send(Kind.STOP, 40, 0)
         out.flush()
         return out.stats()
     inp = Receiver(0, depth=2, timeout_s=10)
-    allocations, pointers, ok = [], set(), True
+    first = inp.recv()
+    dist.barrier()
+    allocations, pointers, ok = [inp.stats()["allocations"]], {first.tensors[0].data_ptr()}, True
     while (msg := inp.recv()).kind != Kind.STOP:
         allocations.append(inp.stats()["allocations"])
         pointers.add(msg.tensors[0].data_ptr())
-        ok &= bool((msg.tensors[0] == msg.step).all())
-        ok &= torch.equal(msg.tensors[1], torch.arange(8) + msg.step)
+        ok &= all(torch.equal(got, want) for got, want in zip(msg.tensors, _counting(msg.step), strict=True))
     return {"allocations": allocations, "pointers": len(pointers), "ok": ok}
 
 
 def test_receive_and_send_buffers_are_reused_after_warm_up():
     got, _ = _launch(_reuse, 2)
-    allocations = got[1]["allocations"]
     assert got[1]["ok"]
-    assert len(set(allocations[10:])) == 1, allocations
-    assert allocations[-1] <= 2 * 3  # two tensors, at most depth + 1 messages' worth
-    assert got[1]["pointers"] <= 3
-    assert got[0]["allocations"] <= 2 * 2  # two tensors, at most depth messages in flight
+    assert got[1]["allocations"] == [2 * 3] * 40  # two tensors for each of depth + 1 messages
+    assert got[1]["pointers"] == 3
+    assert got[0]["allocations"] <= 2 * 2  # two tensors for each of depth messages in flight
 
 
 def _dead_middle(rank: int) -> object:

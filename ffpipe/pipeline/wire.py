@@ -39,6 +39,8 @@ import torch.distributed as dist
 
 from ffpipe.errors import FFPipeError
 
+# 1 KiB of header is noise next to any real payload and describes 16 tensors of up to 5 dimensions
+# (5 + 16 * (2 + 5) = 117 of 128 slots): room for a packet of activations, labels and accumulators.
 HEADER_LEN = 128
 MAX_TENSORS = 16
 MAX_NDIM = 5
@@ -53,6 +55,9 @@ _CODE_OF = {dtype: code for code, dtype in enumerate(_DTYPES, start=1)}
 
 
 class Kind(IntEnum):
+    """What a message means to the schedule. The wire itself only treats STOP and ERROR apart: each is
+    the last message of its channel."""
+
     TRAIN = 1
     EVAL = 2
     EPOCH_END = 3
@@ -67,6 +72,8 @@ TensorSpec = tuple[tuple[int, ...], torch.dtype]
 
 @dataclass
 class Message:
+    """A received message; its tensors are views of the receiver's reused buffers (see `Receiver`)."""
+
     kind: Kind
     step: int
     epoch: int
