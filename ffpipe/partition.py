@@ -63,3 +63,21 @@ def partition(specs: list[BlockSpec], stages: int, how: str | list[int] = "flops
         bounds.append((first, first + count))
         first += count
     return bounds
+
+
+def block_params(spec: BlockSpec) -> int:
+    if spec.kind == "linear":
+        return spec.in_features * spec.out + spec.out
+    return spec.in_shape[0] * spec.kernel * spec.kernel * spec.out + spec.out
+
+
+def partition_table(specs: list[BlockSpec], bounds: list[tuple[int, int]], overlays: bool = True) -> str:
+    """The table printed at start: blocks, parameters, estimated training FLOPs per sample and share per stage."""
+    costs = block_costs(specs, overlays)
+    total = sum(costs) or 1
+    lines = [f"{'stage':>5}  {'blocks':>8}  {'params':>11}  {'GFLOP/sample':>12}  {'share':>6}"]
+    for k, (first, last) in enumerate(bounds):
+        cost = sum(costs[first:last])
+        params = sum(block_params(s) for s in specs[first:last])
+        lines.append(f"{k:>5}  {f'{first}..{last - 1}':>8}  {params:>11,}  {cost / 1e9:>12.4f}  {cost / total:>6.1%}")
+    return "\n".join(lines)

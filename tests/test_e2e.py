@@ -1,7 +1,9 @@
 """Short end-to-end runs beat accuracy floors far above chance (10%) on the embedded Fashion-MNIST slice.
 
-Floors were calibrated from repeated runs (seeds 0-4) of exactly these commands; the closing note of the FF-core
-issue gives the observed minimum and the margin kept below it.
+Floors were calibrated from 5 runs (seeds 0-4) of exactly these configs on the 2-core CPU machine; observed
+(min..max) test accuracy, floor: default linear 0.628..0.710, 0.55; group_ce linear 0.783..0.804, 0.70;
+group_ce group readout 0.291..0.582 (it is noisy after 60 steps), 0.20; MLP head (joint and local give the
+same numbers here, one readout slice) 0.599..0.653, 0.52.
 """
 
 from pathlib import Path
@@ -17,8 +19,8 @@ GROUP_CE = ["loss.family=group_ce", "data.labels.encoding=none", "model.norm=gro
             "model.width=[20,40]", "model.kernel=3", "model.pool=[2,2]", "head.readouts=[linear,group]",
             "head.exclude_first=false"]
 FLOORS = {
-    "default": ({"linear": 0.60}, []),
-    "group_ce": ({"linear": 0.55, "group": 0.45}, GROUP_CE),
+    "default": ({"linear": 0.55}, []),
+    "group_ce": ({"linear": 0.70, "group": 0.20}, GROUP_CE),
 }
 
 
@@ -37,6 +39,6 @@ def test_both_head_modes_learn(mode, tmp_path):
                                      "data.labels.encoding=onehot", "train.max_steps=120", f"head.mode={mode}",
                                      "head.lr=0.01", "pipeline.stages=2"])
     summary = train(cfg, out=str(tmp_path / mode))
-    assert summary["test"]["linear"] >= 0.55, summary["test"]
+    assert summary["test"]["linear"] >= 0.52, summary["test"]
     exits = summary["test"]["exit"]
     assert len(exits) == 2 and exits[0] is None and exits[1] == summary["test"]["linear"]

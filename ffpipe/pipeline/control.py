@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import timedelta
 
 import torch.distributed as dist
 
@@ -50,17 +49,19 @@ class Control:
     def get(self, key: str):
         """Wait for `key`, polling the error flag, so a dead peer turns into a `PeerError`, not a hang."""
         deadline = time.monotonic() + self.timeout_s
+        pause = 0.005
         while True:
-            try:
-                self.store.wait([key], timedelta(seconds=0.5))
+            if self.store.check([key]):
                 return json.loads(self.store.get(key))
-            except dist.DistStoreError:
-                pass
             failure = self.error()
             if failure:
                 raise PeerError(f"stopping: {failure}", peer=-1)
             if time.monotonic() > deadline:
                 raise PeerError(f"no '{key}' from the other stages for {self.timeout_s:.0f} s", peer=-1)
+            # Poll: a blocking store.get cannot be interrupted by the error flag, and store.wait logs a
+            # warning at every timeout.
+            time.sleep(pause)
+            pause = min(2 * pause, 0.2)
 
     # -- live view ---------------------------------------------------------------------------------------------
     def publish_live(self, snapshot: dict, every_s: float = 1.0) -> None:

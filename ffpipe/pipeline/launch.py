@@ -27,6 +27,7 @@ from ffpipe.data import load_dataset
 from ffpipe.errors import FFPipeError
 from ffpipe.network import fingerprint, specs_for, stage_bounds
 from ffpipe.optim import lr_at
+from ffpipe.partition import partition_table
 from ffpipe.pipeline.control import Control
 from ffpipe.pipeline.coordinator import Coordinator, LiveTable
 from ffpipe.pipeline.wire import PeerError, Receiver, Sender
@@ -144,6 +145,7 @@ def _build(cfg: Config, index: int, stages: int, run_dir: Path, resume: bool, co
     worker.fault_step = _fault_check(index)
     coordinator = None
     if index == 0:
+        print(partition_table(specs, bounds, cfg.loss.family != "group_ce"), flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
         o = cfg.optim
@@ -155,6 +157,7 @@ def _build(cfg: Config, index: int, stages: int, run_dir: Path, resume: bool, co
 
 def spawn(argv: list[str], cfg: Config, out: str) -> int:
     """Start `stages` local processes through torchrun (standalone) running `ffpipe train` with `argv`."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -176,6 +179,8 @@ def spawn(argv: list[str], cfg: Config, out: str) -> int:
             failures = ", ".join(f"stage {r} exit code {f.exitcode}" for r, f in sorted(exc.failures.items()))
             first = f"a stage process died ({failures})"
         raise FFPipeError(first) from None
+    except SignalException as exc:
+        raise KeyboardInterrupt(str(exc)) from None
     return 0
 
 
