@@ -19,6 +19,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
     p.add_argument("--data-dir", help="where the dataset lives (overrides data.dir)")
     p.add_argument("--stages", type=int, help="number of pipeline stages (overrides pipeline.stages)")
+    p.add_argument("--replicas", type=int, help="data-parallel replicas per stage (overrides pipeline.replicas)")
     p.add_argument("--max-steps", type=int, help="stop after N training steps")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="overrides train.device")
 
@@ -30,7 +31,8 @@ def load_cli_config(args: argparse.Namespace):
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = DEFAULT_CONFIG
     overrides = list(args.overrides)
-    for flag, key in (("data_dir", "data.dir"), ("stages", "pipeline.stages"), ("max_steps", "train.max_steps"),
+    for flag, key in (("data_dir", "data.dir"), ("stages", "pipeline.stages"), ("replicas", "pipeline.replicas"),
+                      ("max_steps", "train.max_steps"),
                       ("device", "train.device")):
         value = getattr(args, flag, None)
         if value is not None:
@@ -45,12 +47,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_cli_config(args)
     if launch.in_torchrun() and not args.sequential:
-        if args.stages is None:
-            cfg = launch.with_stages(cfg, int(os.environ["WORLD_SIZE"]))
+        world = int(os.environ["WORLD_SIZE"])
+        stages = args.stages or world // (args.replicas or 1)
+        cfg = launch.with_shape(cfg, stages, args.replicas or max(1, world // stages))
         return launch.run_worker(cfg, args.out, args.resume)
     if args.resume and not args.out:
         raise FFPipeError("--resume needs --out RUN_DIR (the run to continue)")
-    if cfg.pipeline.stages > 1 and not args.sequential:
+    if cfg.pipeline.stages * cfg.pipeline.replicas > 1 and not args.sequential:
         return launch.spawn(args.argv, cfg, str(run_dir_for(cfg, args.out)))
     summary = train(cfg, out=args.out, resume=args.resume)
     test = summary["test"]

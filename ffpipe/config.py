@@ -293,6 +293,9 @@ def _check_combinations(cfg: Config) -> None:
         raise _fail("optim.milestones", "schedule multistep needs at least one milestone epoch")
     if cfg.pipeline.stages > m.depth:
         raise _fail("pipeline.stages", f"{cfg.pipeline.stages} stages cannot split {m.depth} blocks")
+    if cfg.data.batch_size % cfg.pipeline.replicas:
+        raise _fail("data.batch_size", f"{cfg.data.batch_size} does not split into {cfg.pipeline.replicas} "
+                    "equal replica shards (pipeline.replicas)")
     partition = cfg.pipeline.partition
     if isinstance(partition, list):
         if len(partition) != cfg.pipeline.stages or sum(partition) != m.depth or min(partition) < 1:

@@ -50,6 +50,16 @@ class Packet:
     def evolve(self, **changes) -> Packet:
         return replace(self, **changes)
 
+    def shard(self, replica: int, replicas: int) -> Packet:
+        """Replica `replica`'s contiguous share of every stream (pipeline × data parallel, at stage 0)."""
+        if replicas == 1:
+            return self
+        n, m = self.n, self.n // replicas
+        streams = len(self.x) // n
+        rows = slice(replica * m, (replica + 1) * m)
+        x = self.x.view(streams, n, *self.x.shape[1:])[:, rows].reshape(streams * m, *self.x.shape[1:])
+        return self.evolve(x=x, y=self.y[rows])
+
     def add_exit(self, prediction: torch.Tensor) -> torch.Tensor:
         row = prediction.unsqueeze(0)
         return row if self.exits is None else torch.cat([self.exits, row])

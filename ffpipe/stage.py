@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -111,6 +112,7 @@ class Stage:
         self._features: dict[int, list[tuple[int, torch.Tensor]]] = {}
         self._meter = _Meter()
         self._lr = cfg.optim.lr
+        self.grad_sync: Callable[[list[torch.Tensor]], None] | None = None
 
     @staticmethod
     def readout_indices(cfg: Config, first: int, last: int, num_blocks: int) -> list[int]:
@@ -217,29 +219,24 @@ class Stage:
                 continue
             t0 = time.perf_counter()
             chunk = range(len(self.indices)) if self.backprop_chunk else [j]
-            for k in chunk:
-                if self.optims[k] is not None:
-                    self.optims[k].zero_grad(set_to_none=True)
-            if self.sig_optims[j] is not None:
-                self.sig_optims[j].zero_grad(set_to_none=True)
-            loss.backward()
-            for k in chunk:
-                if self.optims[k] is not None:
-                    self.optims[k].step()
-            if self.sig_optims[j] is not None:
-                self.sig_optims[j].step()
+            self._apply([self.optims[k] for k in chunk] + [self.sig_optims[j]], loss.backward)
             seconds[j] += time.perf_counter() - t0
         if pending.head_losses:
-            self._step_heads(lambda: sum(pending.head_losses).backward())
+            self._apply(list(self.head_optims.values()), lambda: sum(pending.head_losses).backward())
         metrics = StepMetrics(pending.stats, seconds, packet.n)
         self._meter.add(metrics)
         return metrics
 
-    def _step_heads(self, backward) -> None:
-        for opt in self.head_optims.values():
+    def _apply(self, optims: list, backward) -> None:
+        """zero_grad → backward → (replicas: average the gradients) → step, for these optimizers only."""
+        optims = [opt for opt in optims if opt is not None]
+        for opt in optims:
             opt.zero_grad(set_to_none=True)
         backward()
-        for opt in self.head_optims.values():
+        if self.grad_sync is not None:
+            self.grad_sync([p.grad for opt in optims for group in opt.param_groups for p in group["params"]
+                            if p.grad is not None])
+        for opt in optims:
             opt.step()
 
     def head_backward(self, step: int, error: torch.Tensor) -> None:
@@ -251,7 +248,8 @@ class Stage:
         """
         saved = self._features.pop(step, [])
         if saved:
-            self._step_heads(lambda: sum((self.heads[i](f.float()) * error).sum() for i, f in saved).backward())
+            self._apply(list(self.head_optims.values()),
+                        lambda: sum((self.heads[i](f.float()) * error).sum() for i, f in saved).backward())
 
     def epoch_metrics(self) -> list[dict]:
         """Per-block means over the steps since the last call, then reset."""

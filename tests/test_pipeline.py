@@ -96,3 +96,13 @@ def test_a_failing_stage_stops_everything_with_one_line(tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("ffpipe: error:")]
     assert lines == ["ffpipe: error: stage 1: RuntimeError: injected fault (FFPIPE_FAULT) at step 7"], result.stderr
+
+
+def test_two_stages_times_two_replicas_match_sequential_at_the_global_batch(sequential, tmp_path):
+    """P=2, R=2: each replica takes half of every global batch of 50 and the replicas of a stage average their
+    gradients; only the float summation order differs from sequential training at batch 50."""
+    cfg, seq = sequential["local"]
+    run = train(cfg, tmp_path / "dp", "--stages", "2", "--replicas", "2", "--max-steps", "40")
+    diff = diff_checkpoints(seq, run)
+    assert max(row["block"]["max_abs_diff"] for row in diff["blocks"]) < 1e-5, diff
+    assert max(row["head"]["max_abs_diff"] for row in diff["blocks"] if "head" in row) < 1e-5, diff

@@ -86,11 +86,11 @@ class Coordinator:
         key = f"epoch/{epoch}/{step}"
         rows = [self.control.get(f"{key}/stage/{k}") for k in range(self.stages)]
         result = self.control.get(f"{key}/result")
-        samples = rows[-1]["samples"]
+        samples = rows[-1]["samples"]  # replica 0's share; every replica runs the same number of steps
         wall = max(r["wall_s"] for r in rows)
         per_step = [r["compute_s"] / max(r["steps"], 1) for r in rows]
         bound = self.cfg.data.batch_size / max(per_step) if max(per_step) > 0 else 0.0
-        achieved = samples / wall if wall > 0 else 0.0
+        achieved = samples * self.cfg.pipeline.replicas / wall if wall > 0 else 0.0
         record = {"epoch": epoch, "step": step, "lr": self.lr_of_epoch(epoch), "train_s": wall,
                   "samples_per_s": achieved, "head_train_acc": result["head_correct"] / samples if samples else None,
                   "blocks": [b for r in rows for b in r["blocks"]], "stages": [stage_summary(r) for r in rows],

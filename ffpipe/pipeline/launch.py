@@ -63,16 +63,34 @@ def _run_dir(cfg: Config, out: str | None) -> Path:
     return Path(cfg.run.out_dir) / name
 
 
-def _links(cfg: Config, index: int, stages: int, heads: list[bool], device, control: Control) -> Links:
+def _links(cfg: Config, index: int, replica: int, heads: list[bool], device, control: Control) -> Links:
+    """Replica r of stage s is rank r·P + s and talks only to replica r of stages s ± 1."""
     common = {"depth": cfg.pipeline.queue_depth, "device": device, "abort_check": control.error}
     joint = cfg.head.mode == "joint"
-    last = stages - 1
+    stages = cfg.pipeline.stages
+    last, base = stages - 1, replica * stages
     return Links(
-        prev=Receiver(index - 1, **common) if index > 0 else None,
-        next=Sender(index + 1, **common) if index < last else None,
-        errors_in=Receiver(last, **common) if joint and index < last and heads[index] else None,
-        errors_out={k: Sender(k, **common) for k in range(last) if heads[k]} if joint and index == last else {},
+        prev=Receiver(base + index - 1, **common) if index > 0 else None,
+        next=Sender(base + index + 1, **common) if index < last else None,
+        errors_in=Receiver(base + last, **common) if joint and index < last and heads[index] else None,
+        errors_out={k: Sender(base + k, **common) for k in range(last) if heads[k]}
+        if joint and index == last else {},
     )
+
+
+def _grad_sync(group, replicas: int):
+    """Average gradients over a stage's replicas before stepping: one all-reduce per optimizer step, on the
+    stage's own process group (the DDP convention), never touching another stage."""
+
+    def sync(grads: list[torch.Tensor]) -> None:
+        if grads:
+            flat = torch._utils._flatten_dense_tensors(grads)
+            dist.all_reduce(flat, group=group)
+            flat /= replicas
+            for grad, value in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+                grad.copy_(value)
+
+    return sync
 
 
 def _fault_check(index: int):
@@ -89,20 +107,27 @@ def run_worker(cfg: Config, out: str | None, resume: bool) -> int:
     device, backend = _device_and_backend(cfg)
     dist.init_process_group(backend, timeout=timedelta(seconds=120))
     rank, world = dist.get_rank(), dist.get_world_size()
-    if cfg.pipeline.stages != world:
-        raise FFPipeError(f"{world} processes for {cfg.pipeline.stages} stages: start one process per stage")
-    control = Control(dist.distributed_c10d._get_default_store(), rank)
+    stages, replicas = cfg.pipeline.stages, cfg.pipeline.replicas
+    if stages * replicas != world:
+        raise FFPipeError(f"{world} processes for {stages} stages × {replicas} replicas: start stages × replicas")
+    index, replica = rank % stages, rank // stages
+    groups = [dist.new_group([r * stages + s for r in range(replicas)]) for s in range(stages)]
+    control = Control(dist.distributed_c10d._get_default_store(), index)
     quiet = os.environ.get("FFPIPE_LAUNCHER") == "1"
     run_dir = _run_dir(cfg, out)
     try:
         resume = resume or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
-        worker, coordinator, start = _build(cfg, rank, world, run_dir, resume, control, device)
+        worker, coordinator, start = _build(cfg, index, replica, run_dir, resume, control, device)
+        if replicas > 1:
+            worker.stage.grad_sync = _grad_sync(groups[index], replicas)
         if rank == 0:
             with LiveTable(control, world, cfg.train.progress):
                 worker.drive(start, _last_step(cfg, worker.source), coordinator)
             test = coordinator.summary["test"]
             shown = {k: round(v, 4) for k, v in test.items() if isinstance(v, float)}
             print(f"run: {run_dir}  steps: {coordinator.summary['step']}  test accuracy: {shown}")
+        elif index == 0:
+            worker.drive(start, _last_step(cfg, worker.source), None)
         else:
             worker.follow()
         worker.links.close()
@@ -126,7 +151,7 @@ def _last_step(cfg: Config, source: PacketSource) -> int:
     return min(total, cfg.train.max_steps or total)
 
 
-def _build(cfg: Config, index: int, stages: int, run_dir: Path, resume: bool, control: Control, device):
+def _build(cfg: Config, index: int, replica: int, run_dir: Path, resume: bool, control: Control, device):
     dataset = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.split_seed)
     specs = specs_for(cfg, dataset.image_shape)
     bounds = stage_bounds(cfg, specs)
@@ -140,23 +165,23 @@ def _build(cfg: Config, index: int, stages: int, run_dir: Path, resume: bool, co
         stage.load_state_dict(blocks)
         start = meta["step"]
     source = PacketSource(cfg, dataset, device) if index == 0 else None
-    links = _links(cfg, index, stages, heads, device, control)
-    worker = StageWorker(cfg, stage, index, stages, control, links, source, run_dir, dataset.class_names)
+    links = _links(cfg, index, replica, heads, device, control)
+    worker = StageWorker(cfg, stage, index, replica, control, links, source, run_dir, dataset.class_names)
     worker.fault_step = _fault_check(index)
     coordinator = None
-    if index == 0:
+    if index == 0 and replica == 0:
         print(partition_table(specs, bounds, cfg.loss.family != "group_ce"), flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
         o = cfg.optim
-        coordinator = Coordinator(cfg, run_dir, control, stages, fp, len(specs),
+        coordinator = Coordinator(cfg, run_dir, control, cfg.pipeline.stages, fp, len(specs),
                                   lambda e: lr_at(o.schedule, o.lr, e, cfg.train.epochs, milestones=o.milestones,
                                                   gamma=o.gamma))
     return worker, coordinator, start
 
 
 def spawn(argv: list[str], cfg: Config, out: str) -> int:
-    """Start `stages` local processes through torchrun (standalone) running `ffpipe train` with `argv`."""
+    """Start stages × replicas local processes through torchrun (standalone) running `ffpipe train`."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
@@ -166,10 +191,11 @@ def spawn(argv: list[str], cfg: Config, out: str) -> int:
     error_file = Path(out) / ERROR_FILE
     error_file.unlink(missing_ok=True)
     os.environ["FFPIPE_LAUNCHER"] = "1"
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.pipeline.stages)))
+    procs = cfg.pipeline.stages * cfg.pipeline.replicas
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs)))
     if sys.platform.startswith("linux"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    args = parse_args(["--standalone", f"--nproc-per-node={cfg.pipeline.stages}", "--module", "ffpipe.cli",
+    args = parse_args(["--standalone", f"--nproc-per-node={procs}", "--module", "ffpipe.cli",
                        "train", *argv, "--out", out])
     try:
         run(args)
@@ -184,5 +210,5 @@ def spawn(argv: list[str], cfg: Config, out: str) -> int:
     return 0
 
 
-def with_stages(cfg: Config, stages: int) -> Config:
-    return dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, stages=stages))
+def with_shape(cfg: Config, stages: int, replicas: int) -> Config:
+    return dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, stages=stages, replicas=replicas))

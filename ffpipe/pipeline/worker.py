@@ -80,9 +80,11 @@ class Links:
 
 
 class StageWorker:
-    def __init__(self, cfg: Config, stage: Stage, index: int, stages: int, control: Control, links: Links,
+    def __init__(self, cfg: Config, stage: Stage, index: int, replica: int, control: Control, links: Links,
                  source: PacketSource | None, run_dir: Path, class_names: tuple[str, ...]):
-        self.cfg, self.stage, self.index, self.stages = cfg, stage, index, stages
+        stages = cfg.pipeline.stages
+        self.cfg, self.stage, self.index, self.stages, self.replica = cfg, stage, index, stages, replica
+        self.reports = replica == 0  # replicas hold equal weights: replica 0 evaluates, reports and saves
         self.control, self.links, self.source = control, links, source
         self.run_dir, self.class_names = run_dir, class_names
         self.last = index == stages - 1
@@ -116,6 +118,8 @@ class StageWorker:
                 self.stage.head_backward(packet.step, error)
         if self.has_error_channel and self.steps > self.lag:
             self._apply_error()
+        if not self.reports:
+            return
         stats = metrics.stats.mean(dim=0).tolist()
         wait = self.links.prev.stats()["idle_s"] if self.links.prev is not None else 0.0
         elapsed = time.perf_counter() - self.t0
@@ -143,7 +147,7 @@ class StageWorker:
             epoch, start = step // spe + 1, step % spe
             self.stage.set_epoch(epoch, epochs)
             for packet in self.source.train_packets(epoch, start):
-                self.train_step(packet)
+                self.train_step(packet.shard(self.replica, self.cfg.pipeline.replicas))
                 step = packet.step
                 if step == last_step:
                     break
@@ -152,14 +156,18 @@ class StageWorker:
                 self.stream_eval("val", epoch)
             self.send_control(Kind.EPOCH_END, step, epoch)
             self.end_epoch(step, epoch, evaluate)
-            coordinator.epoch_done(step, epoch, evaluate)
+            if coordinator is not None:
+                coordinator.epoch_done(step, epoch, evaluate)
         self.stream_eval("test", 0)
         self.send_control(Kind.EPOCH_END, step, 0)
         self.end_epoch(step, 0, True)
-        coordinator.finished(step)
+        if coordinator is not None:
+            coordinator.finished(step)
         self.send_control(Kind.STOP, step, 0)
 
     def stream_eval(self, split: str, epoch: int) -> None:
+        if not self.reports:
+            return
         data = getattr(self.source.dataset, split)
         for view in views_for(self.cfg):
             for packet in self.source.eval_packets(data, view):
@@ -195,6 +203,9 @@ class StageWorker:
         while self.has_error_channel and self.errors_applied < self.steps:
             self._apply_error()
         key = f"epoch/{epoch}/{step}"
+        if not self.reports:
+            self._reset_epoch()
+            return
         if epoch:
             prev = self.links.prev.stats() if self.links.prev else {"idle_s": 0.0, "bytes": 0}
             nxt = self.links.next.stats() if self.links.next else {"blocked_s": 0.0, "bytes": 0}
