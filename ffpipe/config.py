@@ -301,8 +301,8 @@ def _check_combinations(cfg: Config) -> None:
         if len(partition) != cfg.pipeline.stages or sum(partition) != m.depth or min(partition) < 1:
             raise _fail("pipeline.partition", f"{partition} must give each of the {cfg.pipeline.stages} "
                         f"stages >= 1 block and sum to model.depth {m.depth}")
-    elif partition not in ("flops", "equal"):
-        raise _fail("pipeline.partition", f"'{partition}' is not flops, equal or a list of block counts")
+    elif partition not in ("flops", "measured", "equal"):
+        raise _fail("pipeline.partition", f"'{partition}' is not flops, measured, equal or a list of block counts")
 
 
 def validate(cfg: Config) -> Config:

@@ -14,6 +14,7 @@ from ffpipe.config import Config
 from ffpipe.errors import FFPipeError
 from ffpipe.nn import BlockSpec, block_specs
 from ffpipe.partition import partition
+from ffpipe.source import PacketSource
 from ffpipe.stage import Stage
 
 
@@ -29,8 +30,23 @@ def specs_for(cfg: Config, input_shape: tuple[int, int, int]) -> list[BlockSpec]
     return block_specs(cfg.model, input_shape)
 
 
-def stage_bounds(cfg: Config, specs: list[BlockSpec]) -> list[tuple[int, int]]:
-    return partition(specs, cfg.pipeline.stages, cfg.pipeline.partition, cfg.loss.family != "group_ce")
+def stage_bounds(cfg: Config, specs: list[BlockSpec], seconds: list[float] | None = None) -> list[tuple[int, int]]:
+    return partition(specs, cfg.pipeline.stages, cfg.pipeline.partition, cfg.loss.family != "group_ce", seconds)
+
+
+def measure_block_seconds(cfg: Config, dataset, specs: list[BlockSpec], device: torch.device,
+                          steps: int = 6) -> list[float]:
+    """Median seconds per training step of each block (forward + update), on a throwaway one-stage copy of
+    the network run for a few real steps, for `pipeline.partition: measured`. The first step is a warm-up."""
+    stage = Stage(cfg, specs, 0, len(specs), dataset.num_classes, device)
+    samples = []
+    for i, packet in enumerate(PacketSource(cfg, dataset, device).train_packets(epoch=1)):
+        if i > steps:
+            break
+        seconds = stage.step(packet)[1].seconds
+        if i:
+            samples.append(seconds)
+    return [sorted(column)[len(column) // 2] for column in zip(*samples)]
 
 
 def build_stages(cfg: Config, specs: list[BlockSpec], bounds: list[tuple[int, int]], num_classes: int,

@@ -1,10 +1,12 @@
 """Split a block stack into contiguous stages.
 
-`flops` (default) minimizes the largest stage's estimated training cost, because a pipeline runs at the
-pace of its slowest stage (the bottleneck bound). Our cost model per sample and block, with F = the block's
-forward FLOPs per sample (`BlockSpec.flops`): the forward pass runs 3 streams (pos, neg, neutral) and the
-weight gradient 2 (pos, neg); block inputs are detached, so no input gradient is computed:
-    cost = 3F + 2F = 5F   (overlay families),   cost = 2F (group_ce: one stream, forward + weight grad).
+A pipeline runs at the pace of its slowest stage (the bottleneck bound), so `flops` (default) minimizes the
+largest stage's estimated training cost, and `measured` does the same with block times measured for a few
+steps on the real device (`ffpipe.network.measure_block_seconds`). Our cost model per sample and block, with
+F = the block's forward FLOPs per sample (`BlockSpec.flops`): the forward pass runs the 3 stacked streams
+(pos, neg, neutral) and so does the weight gradient, because autograd's matmul covers every row of the
+stacked batch (the neutral rows carry a zero gradient); block inputs are detached, so no input gradient:
+    cost = 3F + 3F = 6F   (overlay families),   cost = 2F (group_ce: one stream, forward + weight grad).
 The constant factor does not change the partition; it makes the printed estimate comparable across models.
 """
 
@@ -15,7 +17,7 @@ from ffpipe.nn import BlockSpec
 
 
 def block_costs(specs: list[BlockSpec], overlays: bool = True) -> list[int]:
-    return [(5 if overlays else 2) * s.flops() for s in specs]
+    return [(6 if overlays else 2) * s.flops() for s in specs]
 
 
 def _min_max_split(costs: list[int], parts: int) -> list[int]:
@@ -43,8 +45,8 @@ def _min_max_split(costs: list[int], parts: int) -> list[int]:
 
 
 def partition(specs: list[BlockSpec], stages: int, how: str | list[int] = "flops",
-              overlays: bool = True) -> list[tuple[int, int]]:
-    """Return `[(first, last_exclusive), ...]`, one per stage."""
+              overlays: bool = True, seconds: list[float] | None = None) -> list[tuple[int, int]]:
+    """Return `[(first, last_exclusive), ...]`, one per stage; `measured` needs the per-block `seconds`."""
     n = len(specs)
     if stages < 1 or stages > n:
         raise FFPipeError(f"cannot split {n} blocks into {stages} stages: each stage needs at least one block")
@@ -56,8 +58,12 @@ def partition(specs: list[BlockSpec], stages: int, how: str | list[int] = "flops
         counts = [n // stages + (1 if s < n % stages else 0) for s in range(stages)]
     elif how == "flops":
         counts = _min_max_split(block_costs(specs, overlays), stages)
+    elif how == "measured":
+        if seconds is None or len(seconds) != n:
+            raise FFPipeError("partition 'measured' needs one measured time per block")
+        counts = _min_max_split(seconds, stages)
     else:
-        raise FFPipeError(f"unknown partition '{how}': use flops, equal or a list of block counts")
+        raise FFPipeError(f"unknown partition '{how}': use flops, measured, equal or a list of block counts")
     bounds, first = [], 0
     for count in counts:
         bounds.append((first, first + count))
@@ -71,13 +77,18 @@ def block_params(spec: BlockSpec) -> int:
     return spec.in_shape[0] * spec.kernel * spec.kernel * spec.out + spec.out
 
 
-def partition_table(specs: list[BlockSpec], bounds: list[tuple[int, int]], overlays: bool = True) -> str:
-    """The table printed at start: blocks, parameters, estimated training FLOPs per sample and share per stage."""
+def partition_table(specs: list[BlockSpec], bounds: list[tuple[int, int]], overlays: bool = True,
+                    seconds: list[float] | None = None) -> str:
+    """The table printed at start: blocks, parameters, estimated training FLOPs per sample and each stage's
+    share of them (of the measured time per step, when the partition was measured)."""
     costs = block_costs(specs, overlays)
-    total = sum(costs) or 1
-    lines = [f"{'stage':>5}  {'blocks':>8}  {'params':>11}  {'GFLOP/sample':>12}  {'share':>6}"]
+    shares = seconds or costs
+    total, total_share = sum(costs) or 1, sum(shares) or 1
+    head = "ms/step share" if seconds else "share"
+    lines = [f"{'stage':>5}  {'blocks':>8}  {'params':>11}  {'GFLOP/sample':>12}  {head:>13}"]
     for k, (first, last) in enumerate(bounds):
-        cost = sum(costs[first:last])
+        cost, share = sum(costs[first:last]), sum(shares[first:last])
         params = sum(block_params(s) for s in specs[first:last])
-        lines.append(f"{k:>5}  {f'{first}..{last - 1}':>8}  {params:>11,}  {cost / 1e9:>12.4f}  {cost / total:>6.1%}")
+        shown = f"{1000 * share:.2f} {share / total_share:.0%}" if seconds else f"{cost / total:.1%}"
+        lines.append(f"{k:>5}  {f'{first}..{last - 1}':>8}  {params:>11,}  {cost / 1e9:>12.4f}  {shown:>13}")
     return "\n".join(lines)

@@ -25,7 +25,14 @@ from ffpipe.config import Config, dump_config, to_dict
 from ffpipe.data import Dataset, Split, load_dataset
 from ffpipe.heads import joint_error
 from ffpipe.metrics import MetricsLog, TrainView, confusion_matrix, read_records
-from ffpipe.network import build_stages, fingerprint, resolve_device, specs_for, stage_bounds
+from ffpipe.network import (
+    build_stages,
+    fingerprint,
+    measure_block_seconds,
+    resolve_device,
+    specs_for,
+    stage_bounds,
+)
 from ffpipe.plots import plot_curves, save_confusion
 from ffpipe.readout import Tally, views_for
 from ffpipe.source import PacketSource
@@ -47,7 +54,8 @@ class Network:
         device = resolve_device(cfg.train.device)
         dataset = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.split_seed)
         specs = specs_for(cfg, dataset.image_shape)
-        stages = build_stages(cfg, specs, stage_bounds(cfg, specs), dataset.num_classes, device)
+        seconds = measure_block_seconds(cfg, dataset, specs, device) if cfg.pipeline.partition == "measured" else None
+        stages = build_stages(cfg, specs, stage_bounds(cfg, specs, seconds), dataset.num_classes, device)
         fp = fingerprint(cfg, dataset.image_shape, dataset.num_classes)
         return cls(cfg, dataset, PacketSource(cfg, dataset, device), stages, fp)
 

@@ -25,7 +25,7 @@ from ffpipe.checkpoint import latest_checkpoint, load_checkpoint
 from ffpipe.config import Config, dump_config
 from ffpipe.data import load_dataset
 from ffpipe.errors import FFPipeError
-from ffpipe.network import fingerprint, specs_for, stage_bounds
+from ffpipe.network import fingerprint, measure_block_seconds, specs_for, stage_bounds
 from ffpipe.optim import lr_at
 from ffpipe.partition import partition_table
 from ffpipe.pipeline.control import Control
@@ -154,7 +154,12 @@ def _last_step(cfg: Config, source: PacketSource) -> int:
 def _build(cfg: Config, index: int, replica: int, run_dir: Path, resume: bool, control: Control, device):
     dataset = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.split_seed)
     specs = specs_for(cfg, dataset.image_shape)
-    bounds = stage_bounds(cfg, specs)
+    seconds = None
+    if cfg.pipeline.partition == "measured":  # rank 0 measures; every stage must use the same partition
+        if index == 0 and replica == 0:
+            control.put("partition/seconds", measure_block_seconds(cfg, dataset, specs, device))
+        seconds = control.get("partition/seconds")
+    bounds = stage_bounds(cfg, specs, seconds)
     stage = Stage(cfg, specs, *bounds[index], dataset.num_classes, device)
     heads = [bool(Stage.head_indices(cfg, first, last, len(specs))) for first, last in bounds]
     fp = fingerprint(cfg, dataset.image_shape, dataset.num_classes)
@@ -170,7 +175,7 @@ def _build(cfg: Config, index: int, replica: int, run_dir: Path, resume: bool, c
     worker.fault_step = _fault_check(index)
     coordinator = None
     if index == 0 and replica == 0:
-        print(partition_table(specs, bounds, cfg.loss.family != "group_ce"), flush=True)
+        print(partition_table(specs, bounds, cfg.loss.family != "group_ce", seconds), flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
         o = cfg.optim
