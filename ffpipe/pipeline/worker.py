@@ -97,7 +97,8 @@ class StageWorker:
         self.steps = self.errors_applied = self.seen = 0
         self.head_correct = 0.0
         self.tally = {split: Tally(list(self.cfg.head.readouts)) for split in SPLITS}
-        self.t0 = time.perf_counter()
+        self.t0 = self.train_end = time.perf_counter()
+        self.train_idle = 0.0
 
     # -- one message ---------------------------------------------------------------------------------------
     def train_step(self, packet: Packet) -> None:
@@ -118,10 +119,12 @@ class StageWorker:
                 self.stage.head_backward(packet.step, error)
         if self.has_error_channel and self.steps > self.lag:
             self._apply_error()
+        self.train_end = time.perf_counter()
+        wait = self.links.prev.stats()["idle_s"] if self.links.prev is not None else 0.0
+        self.train_idle = wait
         if not self.reports:
             return
         stats = metrics.stats.mean(dim=0).tolist()
-        wait = self.links.prev.stats()["idle_s"] if self.links.prev is not None else 0.0
         elapsed = time.perf_counter() - self.t0
         self.control.publish_live({"step": packet.step, "epoch": packet.epoch, "samples_per_s": self.seen / elapsed,
                                    "idle": wait / elapsed, "loss": stats[0], "acc_pos": stats[3], "acc_neg": stats[4]})
@@ -212,8 +215,8 @@ class StageWorker:
             blocks = self.stage.epoch_metrics()
             self.control.put(f"{key}/stage/{self.index}", {
                 "stage": self.index, "blocks": blocks, "steps": self.steps, "samples": self.seen,
-                "wall_s": time.perf_counter() - self.t0, "compute_s": sum(b["compute_s"] for b in blocks),
-                "idle_s": prev["idle_s"], "send_blocked_s": nxt["blocked_s"], "bytes_in": prev["bytes"],
+                "wall_s": self.train_end - self.t0, "compute_s": sum(b["compute_s"] for b in blocks),
+                "idle_s": self.train_idle, "send_blocked_s": nxt["blocked_s"], "bytes_in": prev["bytes"],
                 "bytes_out": nxt["bytes"], "peak_memory_bytes": peak_memory_bytes(self.stage.device)})
             for link in (self.links.prev, self.links.next):
                 if link is not None:

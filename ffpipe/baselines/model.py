@@ -1,0 +1,71 @@
+"""The backprop twin of an FF config: the same blocks, trained end to end through one softmax classifier.
+
+To compare FF against backprop (BP) on equal terms, the BP network has the FF network's architecture: its
+blocks are built by `ffpipe.nn.block_specs` / `build_block` from the same `model` section with the same seed,
+so layer types, widths, kernels, pooling, BatchNorm, activation and initial weights are identical. Between
+blocks sits the same normalization, `model.norm` (the RMS norm of seed 000 eq. 2 by default, its per-group
+variant for group_ce configs): it is part of the FF architecture, so BP keeps it, but nothing is detached,
+and the gradient of the one loss flows through every norm into every block. The network input is the plain
+image (no label overlay: BP reads the label only in its loss), RMS-normalized like the FF input.
+
+On top sits one linear classifier trained with cross-entropy, the standard BP readout (seed 000 §3.2 trains
+its BP twin the same way). Our choice: the classifier reads the *normalized* activity of the last block,
+the same features an FF head slice reads (seed 000 §2.3), so the only difference between the two readouts is
+how the blocks below them were trained. Its initial weights depend only on (seed, depth), like a head slice's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ffpipe.config import Config
+from ffpipe.heads import make_slice
+from ffpipe.nn import BlockSpec, block_specs, build_block, make_norm, rms_norm
+
+
+class BPNet(nn.Module):
+    """FF blocks with `model.norm` between them, not detached, then a linear classifier: image -> logits."""
+
+    def __init__(self, specs: list[BlockSpec], num_classes: int, norm: str, eps: float, seed: int):
+        super().__init__()
+        self.eps = eps
+        self.blocks = nn.ModuleList(build_block(spec, seed) for spec in specs)
+        self.norm = make_norm(norm, num_classes, eps)
+        self.classifier = make_slice(specs[-1].units, num_classes, len(specs), seed)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """`images`: plain float images [B, C, H, W] in [0, 1]; returns logits [B, classes]."""
+        x = rms_norm(images, self.eps)
+        for block in self.blocks:
+            x = self.norm(block(x))
+        return self.classifier(x.flatten(1))
+
+
+def build_bp_model(cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> BPNet:
+    """The BP twin of `cfg`'s FF network, on the CPU; shape errors are the same FFPipeError lines as FF's."""
+    specs = block_specs(cfg.model, image_shape)
+    return BPNet(specs, num_classes, cfg.model.norm, cfg.model.eps, cfg.train.seed)
+
+
+def gradient_bytes(model: nn.Module) -> int:
+    """Bytes of one full set of gradients: what data parallelism must average every step."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
+               autocast) -> tuple[Tensor, Tensor]:
+    """One optimizer step on the mean cross-entropy of this batch (or this rank's shard of it).
+
+    Under DDP the backward averages the gradients over the ranks, so with equal shards the step is the one
+    a single process takes on the whole global batch. Returns the loss and the correct count as tensors,
+    without a host sync.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with autocast():
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), (logits.detach().argmax(dim=1) == labels).sum()
