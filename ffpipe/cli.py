@@ -9,19 +9,20 @@ import sys
 from pathlib import Path
 
 from ffpipe.errors import FFPipeError
+from ffpipe.sim import add_parser as add_simulate
 
 DEFAULT_CONFIG = "configs/default.yaml"
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    """The flags of every training command: config, overrides, data, steps, device, output."""
     p.add_argument("--config", help=f"YAML experiment config (default: {DEFAULT_CONFIG} if present)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
     p.add_argument("--data-dir", help="where the dataset lives (overrides data.dir)")
-    p.add_argument("--stages", type=int, help="number of pipeline stages (overrides pipeline.stages)")
-    p.add_argument("--replicas", type=int, help="data-parallel replicas per stage (overrides pipeline.replicas)")
     p.add_argument("--max-steps", type=int, help="stop after N training steps")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="overrides train.device")
+    p.add_argument("--out", help="run directory (default: run.out_dir/run.name)")
 
 
 def load_cli_config(args: argparse.Namespace):
@@ -60,6 +61,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     shown = {k: round(v, 4) for k, v in test.items() if isinstance(v, float)}
     print(f"run: {summary['run_dir']}  steps: {summary['step']}  test accuracy: {shown}")
     return 0
+
+
+def cmd_train_bp(args: argparse.Namespace) -> int:
+    from ffpipe.baselines.command import cmd_train_bp as run
+
+    return run(args)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -116,12 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train an FF network")
-    _add_config_args(p)
-    p.add_argument("--out", help="run directory (default: run.out_dir/run.name)")
+    _add_model_args(p)
+    p.add_argument("--stages", type=int, help="number of pipeline stages (overrides pipeline.stages)")
+    p.add_argument("--replicas", type=int, help="data-parallel replicas per stage (overrides pipeline.replicas)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--sequential", action="store_true",
                    help="run the stages one after another in this process (debugging, equivalence checks)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-bp", help="train the backprop (DDP under torchrun) baseline of a config's architecture")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_train_bp)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint")
     p.add_argument("--checkpoint", required=True, help="run dir (latest checkpoint) or checkpoint dir")
@@ -144,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_b")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ckpt_diff)
+
+    bench = sub.add_parser("bench", help="benchmarks and the pipeline simulator")
+    add_simulate(bench.add_subparsers(dest="bench_command", required=True))
 
     labels = sub.add_parser("labels", help="label encodings").add_subparsers(dest="labels_command", required=True)
     p = labels.add_parser("show", help="render all label variants of one image to a PNG")

@@ -20,7 +20,7 @@ def block_costs(specs: list[BlockSpec], overlays: bool = True) -> list[int]:
     return [(6 if overlays else 2) * s.flops() for s in specs]
 
 
-def _min_max_split(costs: list[int], parts: int) -> list[int]:
+def min_max_split(costs: list[int], parts: int) -> list[int]:
     """Contiguous split of `costs` into `parts` non-empty runs minimizing the largest run (exact DP)."""
     n = len(costs)
     prefix = [0]
@@ -57,11 +57,11 @@ def partition(specs: list[BlockSpec], stages: int, how: str | list[int] = "flops
     elif how == "equal":
         counts = [n // stages + (1 if s < n % stages else 0) for s in range(stages)]
     elif how == "flops":
-        counts = _min_max_split(block_costs(specs, overlays), stages)
+        counts = min_max_split(block_costs(specs, overlays), stages)
     elif how == "measured":
         if seconds is None or len(seconds) != n:
             raise FFPipeError("partition 'measured' needs one measured time per block")
-        counts = _min_max_split(seconds, stages)
+        counts = min_max_split(seconds, stages)
     else:
         raise FFPipeError(f"unknown partition '{how}': use flops, measured, equal or a list of block counts")
     bounds, first = [], 0

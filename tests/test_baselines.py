@@ -1,6 +1,5 @@
 """The backprop baseline: it learns, its N-process DDP run equals one process, and it is FF's architecture."""
 
-import argparse
 import json
 import os
 import subprocess
@@ -10,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ffpipe.baselines import World, add_parser, build_bp_model, gradient_bytes, load_bp_checkpoint, train_bp
-from ffpipe.baselines.command import main
+from ffpipe.baselines import World, build_bp_model, gradient_bytes, load_bp_checkpoint, train_bp
+from ffpipe.cli import build_parser, main
 from ffpipe.config import load_config
 from ffpipe.errors import FFPipeError
 from ffpipe.metrics import read_records
@@ -116,7 +115,8 @@ def test_bp_model_is_the_ff_architecture_trained_end_to_end():
 
 
 def test_wrong_config_key_is_one_line(tmp_path, capsys):
-    code = main(["--config", str(mlp_config(tmp_path)), "--set", "model.widht=3", "--out", str(tmp_path / "r")])
+    code = main(["train-bp", "--config", str(mlp_config(tmp_path)), "--set", "model.widht=3",
+                 "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2
     assert err.splitlines() == ["ffpipe: error: config: unknown key 'model.widht'; did you mean 'width'?"]
@@ -126,9 +126,7 @@ def test_wrong_config_key_is_one_line(tmp_path, capsys):
 def test_bad_checkpoint_and_subcommand_registration(tmp_path):
     with pytest.raises(FFPipeError, match="no BP checkpoint"):
         load_bp_checkpoint(tmp_path)
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train-bp", "--config", "c.yaml", "--set", "a.b=1", "--max-steps", "5",
+    args = build_parser().parse_args(["train-bp", "--config", "c.yaml", "--set", "a.b=1", "--max-steps", "5",
                               "--device", "cpu", "--data-dir", "d", "--out", "o"])
     assert (args.config, args.overrides, args.max_steps, args.device, args.data_dir, args.out) == (
         "c.yaml", ["a.b=1"], 5, "cpu", "d", "o")

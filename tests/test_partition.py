@@ -7,7 +7,7 @@ import pytest
 
 from ffpipe.errors import FFPipeError
 from ffpipe.nn import BlockSpec
-from ffpipe.partition import _min_max_split, partition, partition_table
+from ffpipe.partition import min_max_split, partition, partition_table
 
 
 def brute_force(costs, parts):
@@ -19,13 +19,13 @@ def brute_force(costs, parts):
     return best
 
 
-def test_min_max_split_is_optimal():
+def testmin_max_split_is_optimal():
     rng = random.Random(0)
     for _ in range(200):
         n = rng.randint(1, 8)
         parts = rng.randint(1, n)
         costs = [rng.randint(1, 100) for _ in range(n)]
-        counts = _min_max_split(costs, parts)
+        counts = min_max_split(costs, parts)
         assert len(counts) == parts and sum(counts) == n and min(counts) >= 1
         edges = [0, *itertools.accumulate(counts)]
         assert max(sum(costs[a:b]) for a, b in zip(edges, edges[1:])) == brute_force(costs, parts)

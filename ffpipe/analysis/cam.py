@@ -109,9 +109,9 @@ def _show_image(ax, image: torch.Tensor) -> None:
 def render_cams(result: CamResult, class_names: list[str], path: str | Path, title: str = "") -> Path:
     """One row per image: the image, the combined CAM over it, then each block's CAM.
 
-    The overlay is the classic CAM view (min-max normalized jet over the grey image). Per-block maps use a
-    diverging scale symmetric about 0, shared along the row, so the sign (evidence for or against the class)
-    and each block's share are both visible.
+    The overlay is the classic CAM view (min-max normalized jet over the grey image). Each block's map has
+    its own diverging scale symmetric about 0 (red: evidence for the class, blue: against), so the structure
+    of a weak block stays visible; its title gives its share, Σ_xy CAM = its slice's logit minus bias.
     """
     n, cols = len(result.images), 2 + len(result.layers)
     fig = Figure(figsize=(1.9 * cols, 1.9 * n + 0.6), layout="constrained")
@@ -126,11 +126,11 @@ def render_cams(result: CamResult, class_names: list[str], path: str | Path, tit
         _show_image(axes[r, 1], result.images[r])
         axes[r, 1].imshow((cam - cam.min()) / span, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
         axes[r, 1].set_title(f"CAM '{cls}'\nblocks {','.join(map(str, result.layers))}", fontsize=8)
-        vmax = max(float(result.per_layer[i][r].abs().max()) for i in result.layers) or 1.0
         for c, i in enumerate(result.layers, start=2):
-            im = axes[r, c].imshow(result.per_layer[i][r].numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-            axes[r, c].set_title(f"block {i}", fontsize=8)
-        fig.colorbar(im, ax=axes[r, -1], fraction=0.046, pad=0.02)
+            layer = result.per_layer[i][r]
+            vmax = float(layer.abs().max()) or 1.0
+            axes[r, c].imshow(layer.numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+            axes[r, c].set_title(f"block {i}: Σ {float(result.native[i][r].sum()):+.2f}", fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])

@@ -108,7 +108,7 @@ def cmd_tsne(args: argparse.Namespace) -> int:
     size = len(probe.dataset.split(args.split))
     if args.n > size:
         print(f"note: {args.split} has {size} images; embedding all of them")
-    result = tsne_layers(probe, args.split, args.n, layers, args.seed)
+    result = tsne_layers(probe, args.split, args.n, layers, args.seed, args.stream)
     out = Path(args.out) if args.out else _default_out(probe, f"tsne_{args.split}.png")
     render_tsne(result, list(probe.dataset.class_names), out)
     scores = write_scores(result, out.with_suffix(".json"), str(probe.checkpoint))
@@ -162,6 +162,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--layers", default="all", help="'all', or block indices and/or 'input', e.g. input,0,2")
     p.add_argument("--n", type=int, default=2000, help="number of images (a seeded random subset)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset and of t-SNE")
+    p.add_argument("--stream", default="positive", choices=["positive", "neutral"],
+                   help="positive: image + true label (seed 004); neutral: the neutral-label overlay")
     p.add_argument("--out", help="PNG path (default: RUN/analysis/tsne_SPLIT.png); scores go to the .json beside")
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_tsne)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ffpipe.analysis.figures import save_png
 from ffpipe.analysis.grid import short_keys
@@ -192,6 +193,8 @@ def plot_delay(result: dict, path: Path) -> Path:
         ax.plot(depth, delay, marker="o", color=f"C{k % 10}", label=g["label"])
     ax.set(xlabel="layer depth", ylabel=f"first epoch with accuracy ≥ {result['target']}",
            title="delay to reach the target accuracy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return save_png(fig, path)
@@ -209,6 +212,7 @@ def plot_correlation(result: dict, path: Path) -> Path:
         for level in (STRONG, -STRONG):
             ax.axhline(level, color="grey", ls=":", lw=1)
         ax.set(xlabel="layer depth", ylabel="correlation with model accuracy", title=title, ylim=(-1.05, 1.05))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     return save_png(fig, path)

@@ -20,6 +20,7 @@ from torch import nn
 from ffpipe.checkpoint import resolve_checkpoint
 from ffpipe.config import Config, from_dict
 from ffpipe.data import Dataset
+from ffpipe.errors import FFPipeError
 from ffpipe.labels.base import LabelEncoder
 from ffpipe.nn import BlockSpec, make_norm, rms_norm
 from ffpipe.trainer import Network
@@ -57,6 +58,8 @@ class Probe:
     def inputs(self, x: torch.Tensor, y: torch.Tensor, stream: str) -> torch.Tensor:
         """The network input of a stream: `neutral` (the neutral-label overlay, what the linear head reads)
         or `positive` (the image with its true label); RMS-normalized like `PacketSource` does."""
+        if stream not in STREAMS:
+            raise FFPipeError(f"stream must be one of {', '.join(STREAMS)}, got {stream!r}")
         shown = self.encoder.neutral(x) if stream == "neutral" else self.encoder.encode(x, y)
         return rms_norm(shown, self.cfg.model.eps)
 

@@ -88,8 +88,8 @@ def run_state(run_dir: Path, cfg: Config) -> str:
     saved = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
     wanted = flatten(json.loads(json.dumps(to_dict(cfg))))
     longer = False
-    for key in sorted(set(saved) | set(wanted)):
-        old, new = saved.get(key), wanted.get(key)
+    for key in sorted(saved):  # a key the saved config lacks is newer than the run: nothing to compare
+        old, new = saved[key], wanted.get(key)
         if old == new or key.startswith(IGNORED):
             continue
         if key in LENGTH and (old is None or (new is not None and new > old)):

@@ -36,18 +36,18 @@ def _sklearn():
 
 
 def parse_layers(text: str, num_blocks: int) -> list[int | str]:
-    """`all` → every block; else comma-separated block indices, plus `input` for the network input."""
-    if text == "all":
-        return list(range(num_blocks))
+    """Comma-separated block indices, `all` (every block) and `input` (the network input), in that order."""
     layers: list[int | str] = []
     for part in (p.strip() for p in text.split(",")):
-        if part == "input":
+        if part == "all":
+            layers += range(num_blocks)
+        elif part == "input":
             layers.append(part)
         elif part.isdigit() and int(part) < num_blocks:
             layers.append(int(part))
         else:
             raise FFPipeError(f"--layers: '{part}' is not 'all', 'input' or a block index 0..{num_blocks - 1}")
-    return layers
+    return list(dict.fromkeys(layers))
 
 
 def embed(features: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -70,11 +70,16 @@ def separation(embedding: np.ndarray, labels: np.ndarray) -> float:
     return float(silhouette_score(embedding, labels))
 
 
-def tsne_layers(probe: Probe, split: str, n: int, layers: list[int | str], seed: int = 0) -> dict:
-    """Embed each requested layer's positive-stream activity; a seeded random subset of `n` images."""
+def tsne_layers(probe: Probe, split: str, n: int, layers: list[int | str], seed: int = 0,
+                stream: str = "positive") -> dict:
+    """Embed each requested layer's activity on `stream` for a seeded random subset of `n` images.
+
+    `positive` is seed 004's view. Its input carries the true label, so a block that merely passes the label
+    pattern on separates the classes too; `neutral` (our addition) shows what the blocks make of the image.
+    """
     _sklearn()
     x, y = probe.images(split, n, seed=seed)
-    inp = probe.inputs(x, y, "positive")
+    inp = probe.inputs(x, y, stream)
     acts = probe.activations(inp)
     labels = y.numpy()
     panels = []
@@ -82,7 +87,7 @@ def tsne_layers(probe: Probe, split: str, n: int, layers: list[int | str], seed:
         feats = (inp if layer == "input" else acts[layer]).flatten(1).numpy().astype(np.float64)
         emb = embed(feats, seed)
         panels.append({"layer": layer, "silhouette": separation(emb, labels), "embedding": emb})
-    return {"split": split, "n": len(labels), "labels": labels, "panels": panels}
+    return {"split": split, "stream": stream, "n": len(labels), "labels": labels, "panels": panels}
 
 
 def render_tsne(result: dict, class_names: list[str], path: str | Path, title: str = "") -> Path:
@@ -105,12 +110,13 @@ def render_tsne(result: dict, class_names: list[str], path: str | Path, title: s
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     axes[0].legend(fontsize="x-small", markerscale=3, loc="best")
-    fig.suptitle(title or f"t-SNE of positive-stream activity ({result['split']}, n={result['n']})", fontsize=10)
+    fig.suptitle(title or f"t-SNE of {result['stream']}-stream activity ({result['split']}, n={result['n']})",
+                 fontsize=10)
     return save_png(fig, path)
 
 
 def write_scores(result: dict, path: str | Path, checkpoint: str) -> Path:
-    doc = {"checkpoint": checkpoint, "split": result["split"], "n": result["n"],
+    doc = {"checkpoint": checkpoint, "split": result["split"], "stream": result["stream"], "n": result["n"],
            "score": "silhouette of the 2-D t-SNE embedding with the class labels",
            "layers": [{"layer": p["layer"], "silhouette": p["silhouette"]} for p in result["panels"]]}
     Path(path).write_text(json.dumps(doc, indent=1) + "\n")

@@ -8,13 +8,18 @@ variant for group_ce configs): it is part of the FF architecture, so BP keeps it
 and the gradient of the one loss flows through every norm into every block. The network input is the plain
 image (no label overlay: BP reads the label only in its loss), RMS-normalized like the FF input.
 
-On top sits one linear classifier trained with cross-entropy, the standard BP readout (seed 000 §3.2 trains
-its BP twin the same way). Our choice: the classifier reads the *normalized* activity of the last block,
-the same features an FF head slice reads (seed 000 §2.3), so the only difference between the two readouts is
-how the blocks below them were trained. Its initial weights depend only on (seed, depth), like a head slice's.
+Seed 000 §3.2 compares its FF-CNN with a BP-trained CNN of the same size but does not describe that net's
+norms or head, so the rest is our choice. Keeping the between-block norm makes the two networks compute the
+same function class; on top sits one linear softmax classifier trained with cross-entropy, the standard BP
+readout. It reads the *normalized* activity of the last block, the features an FF head slice reads (seed 000
+§2.3), so the two readouts differ only in how the blocks below them were trained. Its initial weights
+depend only on (seed, depth), like a head slice's.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +60,7 @@ def gradient_bytes(model: nn.Module) -> int:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
-               autocast) -> tuple[Tensor, Tensor]:
+               autocast: Callable[[], contextlib.AbstractContextManager]) -> tuple[Tensor, Tensor]:
     """One optimizer step on the mean cross-entropy of this batch (or this rank's shard of it).
 
     Under DDP the backward averages the gradients over the ranks, so with equal shards the step is the one

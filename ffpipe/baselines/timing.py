@@ -28,7 +28,8 @@ def bp_step_seconds(cfg: Config, steps: int = 20, warmup: int = 3) -> float:
         raise FFPipeError(f"timing needs steps >= 1 and warmup >= 0, got steps {steps}, warmup {warmup}")
     device = resolve_device(cfg.train.device)
     dataset = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.split_seed)
-    batches = list(epoch_batches(dataset.train, cfg.data.batch_size, seed=cfg.train.seed, epoch=1, device=device))
+    drawn = epoch_batches(dataset.train, cfg.data.batch_size, seed=cfg.train.seed, epoch=1, device=device)
+    batches = list(islice(drawn, warmup + steps))
     if not batches:
         raise FFPipeError(f"data.batch_size {cfg.data.batch_size} is larger than the training set")
     model = build_bp_model(cfg, dataset.image_shape, dataset.num_classes).to(device)

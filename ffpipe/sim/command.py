@@ -53,7 +53,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     result = predict(load_times(args.times), args.devices, link, queue_depth=args.queue_depth,
                      efficiency=args.efficiency, overlap=args.overlap, bp_step_s=args.bp_step_s, check_link=check,
                      steps=args.steps)
-    print(json.dumps(result, indent=1) if args.json else render(result))
+    print(json.dumps(result, indent=1, allow_nan=False) if args.json else render(result))
     return 0
 
 

@@ -75,7 +75,7 @@ class SimResult:
     fraction: float  # throughput / bound (0 when no stage computes)
     slowest_stage: int
     link_bound_samples_per_s: float  # batch / max message time: each link carries one message per step
-    limit: str  # the tighter of the two bounds
+    limit: str  # the tighter bound, or "dependency cycle" (queue depth, latency, joint-head errors) below both
     transfer_s: list[float]  # per activation link
     allreduce_s: list[float]  # per stage, per step
     steps: int
@@ -291,7 +291,9 @@ def simulate_pipeline(stages: Sequence[StageSpec], batch: int, *, link: Link | N
         messages["joint-head error links"] = error_s
     busiest = max(messages, key=messages.__getitem__, default=None)
     link_bound = global_batch / messages[busiest] if busiest and messages[busiest] > 0 else math.inf
-    limit = f"stage {slowest} compute" if bound <= link_bound else busiest
     throughput = global_batch / step_s
+    limit = f"stage {slowest} compute" if bound <= link_bound else busiest
+    if throughput < (1 - 1e-9) * min(bound, link_bound):
+        limit = "dependency cycle"
     return SimResult(throughput, step_s, global_batch, stats, bound, throughput / bound if bound < math.inf else 0.0,
                      slowest, link_bound, limit, transfer, allreduce, steps, window)

@@ -10,9 +10,11 @@ Speedups are over each method's own 1-device step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, replace
 
 from ffpipe.errors import FFPipeError
+from ffpipe.partition import min_max_split
 from ffpipe.sim.ddp import simulate_ddp
 from ffpipe.sim.links import Link
 from ffpipe.sim.pipeline import SimResult, simulate_pipeline
@@ -32,14 +34,21 @@ ANCHORS = {
 }
 
 
+def json_safe(value):
+    """`value` with every non-finite float (a free link's bandwidth, an unbounded rate) as None, for strict JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def balanced_counts(times: MeasuredTimes, stages: int) -> list[int]:
     """Blocks per stage minimizing the slowest stage's measured step time (the same DP `ffpipe.partition` runs
     for `pipeline.partition: measured`)."""
-    from ffpipe.partition import _min_max_split
-
     if not 1 <= stages <= len(times.blocks):
         raise FFPipeError(f"cannot split {len(times.blocks)} blocks into {stages} stages")
-    return _min_max_split([b.forward_s + b.update_s for b in times.blocks], stages)
+    return min_max_split([b.forward_s + b.update_s for b in times.blocks], stages)
 
 
 def _summary(result: SimResult) -> dict:
@@ -74,6 +83,8 @@ def predict(times: MeasuredTimes, devices: list[int] | tuple[int, ...] = (2, 4, 
     from ffpipe.sim.links import link_preset
 
     link = link or link_preset("nvlink")
+    if not 0 < efficiency <= 1 or not 0 <= overlap <= 1:
+        raise FFPipeError(f"efficiency must be in (0, 1] and overlap in [0, 1]; got {efficiency}, {overlap}")
     kwargs = {"queue_depth": queue_depth, "efficiency": efficiency, "steps": steps}
     ff1 = simulate_layout(times, [len(times.blocks)], 1, link, **kwargs)
     notes = list(times.notes)
@@ -111,4 +122,4 @@ def predict(times: MeasuredTimes, devices: list[int] | tuple[int, ...] = (2, 4, 
         measured = times.measured_samples_per_s
         out["check"] = {"link": check_link.to_dict(), "layout": again, "measured_samples_per_s": measured,
                         "simulated_over_measured": again["samples_per_s"] / measured if measured else None}
-    return out
+    return json_safe(out)

@@ -194,6 +194,8 @@ def times_from_run(path: Path) -> MeasuredTimes:
     cfg = load_config(config)
     data = get_spec(cfg.data.name)
     specs = block_specs(cfg.model, data.image_shape)
+    if any(not isinstance(b, dict) or not {"index", "compute_s"} <= set(b) for b in record["blocks"]):
+        raise FFPipeError(f"{metrics}: every block of the last epoch record needs 'index' and 'compute_s'")
     rows = sorted(record["blocks"], key=lambda b: b["index"])
     if [b["index"] for b in rows] != list(range(len(specs))):
         raise FFPipeError(f"{metrics}: the last epoch has times for blocks {[b['index'] for b in rows]}, but the "
