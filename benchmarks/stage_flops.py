@@ -2,10 +2,10 @@
 
 Measured side by side in one process: the FLOP/s of `Stage.step` for one linear FF block (positive, negative
 and neutral streams stacked into one batch, local BCE loss, Adam step) against a plain `torch.mm` doing the
-same FLOPs in one call ([6B, 1000] @ [1000, 1000]). FLOPs counted for the stage step: forward and weight
-gradient over the 3B stacked rows (autograd's matmul covers the neutral rows too, whose gradient is zero;
-block inputs are detached, so no input gradient):
-    flops = 2·in·out·(3B + 3B)
+same FLOPs in one call ([5B, 1000] @ [1000, 1000]). FLOPs counted for the stage step: forward over the 3B
+stacked rows and weight gradient over the 2B rows that carry a loss (block inputs are detached, so no input
+gradient):
+    flops = 2·in·out·(3B + 2B)
 A conv block is timed too; its FLOP/s are lower because CPU convolutions (im2col / direct kernels in oneDNN)
 reach a smaller fraction of peak than one large GEMM, and pooling, ReLU and the RMS norm are memory-bound.
 
@@ -53,7 +53,7 @@ def time_stage(overrides: list[str], shape, steps: int) -> tuple[float, int]:
         if i >= 5:
             times.append(time.perf_counter() - t0)
     b = cfg.data.batch_size
-    flops = sum(s.flops() * 6 * b for s in specs)
+    flops = sum(s.flops() * 5 * b for s in specs)
     return statistics.median(times), flops
 
 
@@ -86,9 +86,9 @@ def main() -> None:
         reps = []
         for _ in range(args.repeats):
             step_s, flops = time_stage(overrides, shape, args.steps)
-            mm_s = time_matmul(6 * b, width, width, args.steps)
+            mm_s = time_matmul(5 * b, width, width, args.steps)
             reps.append({"step_s": step_s, "step_gflops": flops / step_s / 1e9,
-                         "matmul_gflops": 2 * 6 * b * width * width / mm_s / 1e9})
+                         "matmul_gflops": 2 * 5 * b * width * width / mm_s / 1e9})
         med = {k: statistics.median(r[k] for r in reps) for k in reps[0]}
         rows.append({"model": name, "batch": b, **med, "ratio": med["step_gflops"] / med["matmul_gflops"],
                      "repetitions": reps})
@@ -96,7 +96,7 @@ def main() -> None:
                "torch": torch.__version__, "device": "cpu"}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    lines = ["| block | batch | stage step GFLOP/s | matmul [600x1000]@[1000x1000] GFLOP/s | ratio |",
+    lines = ["| block | batch | stage step GFLOP/s | matmul [500x1000]@[1000x1000] GFLOP/s | ratio |",
              "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | {r['step_gflops']:.1f} | {r['matmul_gflops']:.1f} | "

@@ -1,8 +1,9 @@
 """What crosses a stage boundary: the streams as one tensor, plus the running readout accumulators.
 
-All streams of a minibatch travel as ONE tensor stacked along the batch dimension, so every block runs one
-matmul (or conv) per step instead of one per stream; measured on CPU, separate small matmuls made FF cost
-1.7× BP per sample. The row layout is fixed by the packet's `view`:
+All streams of a minibatch travel as ONE tensor stacked along the batch dimension, so a block runs the
+positive and negative streams as one matmul (or conv) instead of one per stream (measured on CPU, separate
+small matmuls made FF cost 1.7× BP per sample); `Stage` gives the loss-free neutral rows their own no-grad
+call so the weight gradient skips them. The row layout is fixed by the packet's `view`:
 
 | view      | rows of `x`                                    | used by                          |
 |-----------|------------------------------------------------|----------------------------------|

@@ -3,10 +3,11 @@
 A pipeline runs at the pace of its slowest stage (the bottleneck bound), so `flops` (default) minimizes the
 largest stage's estimated training cost, and `measured` does the same with block times measured for a few
 steps on the real device (`ffpipe.network.measure_block_seconds`). Our cost model per sample and block, with
-F = the block's forward FLOPs per sample (`BlockSpec.flops`): the forward pass runs the 3 stacked streams
-(pos, neg, neutral) and so does the weight gradient, because autograd's matmul covers every row of the
-stacked batch (the neutral rows carry a zero gradient); block inputs are detached, so no input gradient:
-    cost = 3F + 3F = 6F   (overlay families),   cost = 2F (group_ce: one stream, forward + weight grad).
+F = the block's forward FLOPs per sample (`BlockSpec.flops`): the forward pass runs the 3 streams (pos, neg,
+neutral) and the weight gradient the 2 that carry a loss (`Stage` runs the neutral rows without autograd;
+BatchNorm blocks run all 3 with autograd, a detail the estimate ignores); block inputs are detached, so no
+input gradient:
+    cost = 3F + 2F = 5F   (overlay families),   cost = 2F (group_ce: one stream, forward + weight grad).
 The constant factor does not change the partition; it makes the printed estimate comparable across models.
 """
 
@@ -17,7 +18,7 @@ from ffpipe.nn import BlockSpec
 
 
 def block_costs(specs: list[BlockSpec], overlays: bool = True) -> list[int]:
-    return [(6 if overlays else 2) * s.flops() for s in specs]
+    return [(5 if overlays else 2) * s.flops() for s in specs]
 
 
 def min_max_split(costs: list[int], parts: int) -> list[int]:

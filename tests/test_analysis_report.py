@@ -127,5 +127,6 @@ def test_a_run_trained_with_another_config_is_refused(tmp_path):
     (run / "metrics.jsonl").write_text('{"kind": "test", "test": {}}\n{"torn')
     assert run_state(run, load_config(None, ["train.max_steps=5"])) == "done"
     assert run_state(run, load_config(None, ["train.max_steps=9"])) == "todo"  # asked to train longer
+    assert run_state(run, load_config(None, [])) == "todo"  # no step cap: all train.epochs
     with pytest.raises(FFPipeError, match="train.max_steps=5 but the sweep asks for 3"):
         run_state(run, load_config(None, ["train.max_steps=3"]))

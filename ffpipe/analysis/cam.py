@@ -43,7 +43,8 @@ def class_activation_map(features: torch.Tensor, weight: torch.Tensor, classes: 
 
 
 def upsample_density(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[N, h, w] → [N, H, W] bilinearly, scaled by (h·w)/(H·W) so the map keeps (about) its sum."""
+    """[N, h, w] → [N, H, W] bilinearly, scaled by (h·w)/(H·W) so the map keeps its sum (exactly for an
+    integer factor: each source pixel's bilinear weights then sum to the factor²)."""
     h, w = cam.shape[-2:]
     up = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     return up * (h * w) / (size[0] * size[1])

@@ -92,7 +92,7 @@ def run_state(run_dir: Path, cfg: Config) -> str:
         old, new = saved[key], wanted.get(key)
         if old == new or key.startswith(IGNORED):
             continue
-        if key in LENGTH and (old is None or (new is not None and new > old)):
+        if key in LENGTH and (new is None or (old is not None and new > old)):  # None: no step cap
             longer = True
             continue
         raise FFPipeError(f"{run_dir} was trained with {key}={old!r} but the sweep asks for {new!r}; "
@@ -198,15 +198,18 @@ class SweepView:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
+    def _current(self) -> str:
+        return "running: " + ", ".join(self.running) if self.running else ""
+
     def started(self, name: str) -> None:
         with self.lock:
             self.running.append(name)
-            self.progress.update(self.task, current="running: " + ", ".join(self.running))
+            self.progress.update(self.task, current=self._current())
 
     def finished(self, outcome: Outcome, detail: str) -> None:
         with self.lock:
             self.running.remove(outcome.name)
-            self.progress.update(self.task, advance=1, current="running: " + ", ".join(self.running))
+            self.progress.update(self.task, advance=1, current=self._current())
             task = self.progress.tasks[0]
             self.console.print(f"[{int(task.completed)}/{int(task.total)}] {outcome.name} {outcome.status} "
                                f"in {outcome.seconds:.0f} s: {detail}", highlight=False)

@@ -109,7 +109,8 @@ def render_tsne(result: dict, class_names: list[str], path: str | Path, title: s
         ax.set_yticks([])
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    axes[0].legend(fontsize="x-small", markerscale=3, loc="best")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right upper", fontsize="small", markerscale=3)
     fig.suptitle(title or f"t-SNE of {result['stream']}-stream activity ({result['split']}, n={result['n']})",
                  fontsize=10)
     return save_png(fig, path)

@@ -114,7 +114,7 @@ def run_worker(cfg: Config, out: str | None, resume: bool) -> int:
     if stages * replicas != world:
         raise FFPipeError(f"{world} processes for {stages} stages × {replicas} replicas: start stages × replicas")
     index, replica = rank % stages, rank // stages
-    groups = [dist.new_group([r * stages + s for r in range(replicas)]) for s in range(stages)]
+    groups = [dist.new_group([r * stages + s for r in range(replicas)]) for s in range(stages)] if replicas > 1 else []
     control = Control(dist.distributed_c10d._get_default_store(), index)
     quiet = os.environ.get("FFPIPE_LAUNCHER") == "1"
     run_dir = _run_dir(cfg, out)
