@@ -121,8 +121,8 @@ def _aligned(curves: list[Curves], epochs: list[int], column) -> np.ndarray:
 
 def analyze_group(group: Group, target: float, label: str) -> dict:
     runs = [run for run in group.runs if run.epochs]
-    num_layers = max(b["index"] for run in runs for r in run.epochs for b in r["blocks"]
-                     if isinstance(b.get("index"), int)) + 1
+    num_layers = max((b["index"] for run in runs for r in run.epochs for b in r["blocks"]
+                      if isinstance(b.get("index"), int)), default=-1) + 1
     readout = next((r for r in (run.model_readout() for run in runs) if r), None)
     curves = [run_curves(run, readout, num_layers) for run in runs]
     epochs = sorted({e for c in curves for e in c.epochs})

@@ -36,9 +36,9 @@ def stage_summary(row: dict) -> dict:
 class LiveTable:
     """One row per stage, refreshed about once a second from the stages' store snapshots."""
 
-    def __init__(self, control: Control, stages: int, enabled: bool):
+    def __init__(self, control: Control, stages: int, enabled: bool, console: Console):
         self.control, self.stages = control, stages
-        self.console = Console()
+        self.console = console  # shared with the epoch summaries, which rich then prints above the live table
         self.enabled = enabled and self.console.is_terminal
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

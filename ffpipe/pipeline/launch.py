@@ -124,7 +124,7 @@ def run_worker(cfg: Config, out: str | None, resume: bool) -> int:
         if replicas > 1:
             worker.stage.grad_sync = _grad_sync(groups[index], replicas)
         if rank == 0:
-            with LiveTable(control, world, cfg.train.progress):
+            with LiveTable(control, stages, cfg.train.progress, coordinator.view.console):
                 worker.drive(start, _last_step(cfg, worker.source), coordinator)
             test = coordinator.summary["test"]
             shown = {k: round(v, 4) for k, v in test.items() if isinstance(v, float)}
