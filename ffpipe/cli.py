@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from ffpipe.analysis.cli import add_parser as add_analysis
 from ffpipe.errors import FFPipeError
 from ffpipe.sim import add_parser as add_simulate
 
@@ -156,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_b")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ckpt_diff)
+
+    add_analysis(sub)
 
     bench = sub.add_parser("bench", help="benchmarks and the pipeline simulator")
     add_simulate(bench.add_subparsers(dest="bench_command", required=True))
