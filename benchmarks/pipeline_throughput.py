@@ -29,13 +29,13 @@ OUT = ROOT / "benchmarks" / "results" / "pipeline"
 MLP = """\
 data: {{batch_size: 100, labels: {{encoding: onehot}}}}
 model: {{type: linear, depth: {depth}, width: {width}}}
-head: {{mode: local, exclude_first: true}}
+head: {{mode: local, exclude_first: true, readouts: [linear]}}
 train: {{epochs: 100, eval_every: 1000, progress: false}}
 """
 CNN = """\
 data: {batch_size: 100, labels: {encoding: fourier}}
 model: {type: conv, depth: 4, width: [64, 16, 16, 16], kernel: [5, 3, 3, 3], pool: [0, 2, 0, 0]}
-head: {mode: local}
+head: {mode: local, readouts: [linear]}
 train: {epochs: 100, eval_every: 1000, progress: false}
 """
 
