@@ -144,7 +144,11 @@ def run_worker(cfg: Config, out: str | None, resume: bool) -> int:
             (run_dir / ERROR_FILE).write_text(f"stage {rank}: {line}\n")
             if not quiet:
                 print(f"ffpipe: error: stage {rank}: {line}", file=sys.stderr)
-        return 2 if isinstance(exc, FFPipeError) else 1
+        # Exit at once: the wire's threads may still be blocked in gloo waits on dead peers, and tearing the
+        # process group down under them ends in std::terminate (SIGABRT) instead of a clean exit code.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2 if isinstance(exc, FFPipeError) else 1)
     finally:
         dist.destroy_process_group()
 
