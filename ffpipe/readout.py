@@ -11,11 +11,14 @@ Early exits: one prediction per stage boundary, from the running sums up to that
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from ffpipe.config import Config
+from ffpipe.metrics import confusion_matrix
 from ffpipe.packet import Packet
+from ffpipe.plots import save_confusion
 
 
 def views_for(cfg: Config) -> list[str]:
@@ -89,5 +92,10 @@ class Tally:
                 return name
         return None
 
-    def confusion_inputs(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.cat(self.labels[name]), torch.cat(self.predictions[name])
+    def save_confusion(self, run_dir: Path, class_names: tuple[str, ...]) -> str | None:
+        """The primary readout's confusion matrix as JSON + PNG in the run dir; returns that readout's name."""
+        name = self.primary()
+        if name is not None:
+            cm = confusion_matrix(torch.cat(self.labels[name]), torch.cat(self.predictions[name]), len(class_names))
+            save_confusion(cm, class_names, run_dir / "confusion.json", run_dir / "confusion.png")
+        return name

@@ -24,7 +24,7 @@ from ffpipe.checkpoint import (
 from ffpipe.config import Config, dump_config, to_dict
 from ffpipe.data import Dataset, Split, load_dataset
 from ffpipe.heads import joint_error
-from ffpipe.metrics import MetricsLog, TrainView, confusion_matrix, read_records
+from ffpipe.metrics import MetricsLog, TrainView, read_records
 from ffpipe.network import (
     build_stages,
     fingerprint,
@@ -33,7 +33,7 @@ from ffpipe.network import (
     specs_for,
     stage_bounds,
 )
-from ffpipe.plots import plot_curves, save_confusion
+from ffpipe.plots import plot_curves
 from ffpipe.readout import Tally, views_for
 from ffpipe.source import PacketSource
 from ffpipe.stage import NonFiniteLoss, Stage
@@ -164,13 +164,14 @@ def finish(net: Network, run_dir: Path, log: MetricsLog, val: dict | None, step:
     """Final test evaluation, confusion matrix and curves; the summary also goes to metrics.jsonl."""
     tally = net.evaluate(net.dataset.test)
     test = tally.result()
+    primary = tally.save_confusion(run_dir, net.dataset.class_names)
+    record_test(run_dir, log, step, test)
+    return {"run_dir": str(run_dir), "step": step, "val": val, "test": test, "primary": primary}
+
+
+def record_test(run_dir: Path, log: MetricsLog, step: int, test: dict) -> None:
+    """The closing `{"kind": "test"}` record and the curves PNG; shared with the pipeline's coordinator."""
     log.write({"kind": "test", "step": step, "test": test})
-    primary = tally.primary()
-    if primary is not None:
-        y_true, y_pred = tally.confusion_inputs(primary)
-        cm = confusion_matrix(y_true, y_pred, net.dataset.num_classes)
-        save_confusion(cm, net.dataset.class_names, run_dir / "confusion.json", run_dir / "confusion.png")
     records = [r for r in read_records(run_dir / "metrics.jsonl") if "blocks" in r]
     if records:
         plot_curves(records, run_dir / "curves.png")
-    return {"run_dir": str(run_dir), "step": step, "val": val, "test": test, "primary": primary}

@@ -19,9 +19,9 @@ from rich.table import Table
 
 from ffpipe.checkpoint import checkpoint_dir, prune_checkpoints, write_manifest
 from ffpipe.config import Config, to_dict
-from ffpipe.metrics import MetricsLog, TrainView, read_records
+from ffpipe.metrics import MetricsLog, TrainView
 from ffpipe.pipeline.control import Control
-from ffpipe.plots import plot_curves
+from ffpipe.trainer import record_test
 
 
 def stage_summary(row: dict) -> dict:
@@ -116,8 +116,5 @@ class Coordinator:
 
     def finished(self, step: int) -> None:
         test = self.control.get(f"epoch/0/{step}/result")["eval"]
-        self.log.write({"kind": "test", "step": step, "test": test})
-        records = [r for r in read_records(self.run_dir / "metrics.jsonl") if "blocks" in r]
-        if records:
-            plot_curves(records, self.run_dir / "curves.png")
+        record_test(self.run_dir, self.log, step, test)
         self.summary = {"run_dir": str(self.run_dir), "step": step, "test": test}

@@ -28,11 +28,9 @@ import torch
 from ffpipe.checkpoint import checkpoint_dir, save_shard
 from ffpipe.config import Config
 from ffpipe.heads import joint_error
-from ffpipe.metrics import confusion_matrix
 from ffpipe.packet import VIEWS, Packet
 from ffpipe.pipeline.control import Control
 from ffpipe.pipeline.wire import Kind, Message, Receiver, Sender
-from ffpipe.plots import save_confusion
 from ffpipe.readout import Tally, views_for
 from ffpipe.source import PacketSource
 from ffpipe.stage import Stage
@@ -228,8 +226,6 @@ class StageWorker:
             tally = self.tally[split]
             result = tally.result() if evaluated and tally.seen else None
             self.control.put(f"{key}/result", {"eval": result, "head_correct": self.head_correct})
-            primary = tally.primary()
-            if not epoch and primary is not None:
-                cm = confusion_matrix(*tally.confusion_inputs(primary), len(self.class_names))
-                save_confusion(cm, self.class_names, self.run_dir / "confusion.json", self.run_dir / "confusion.png")
+            if not epoch:
+                tally.save_confusion(self.run_dir, self.class_names)
         self._reset_epoch()
