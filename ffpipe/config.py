@@ -37,6 +37,7 @@ class DataConfig:
     split_seed: int = 0
     batch_size: int = 100
     eval_batch_size: int = 500
+    train_subset: int | None = None
     labels: LabelConfig = field(default_factory=LabelConfig)
 
 
@@ -165,8 +166,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 READOUTS = ("linear", "goodness", "group")
 POSITIVE = {
-    "data.batch_size", "data.eval_batch_size", "model.depth", "model.width", "model.kernel", "model.stride",
-    "model.eps", "train.epochs", "train.eval_every", "train.max_steps", "pipeline.stages",
+    "data.batch_size", "data.eval_batch_size", "data.train_subset", "model.depth", "model.width", "model.kernel",
+    "model.stride", "model.eps", "train.epochs", "train.eval_every", "train.max_steps", "pipeline.stages",
     "pipeline.queue_depth", "pipeline.replicas", "run.keep_checkpoints",
 }
 NON_NEGATIVE = {

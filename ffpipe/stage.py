@@ -10,6 +10,12 @@ step's update, exactly like forward-all-then-step sequential FF. That is what ma
 sends its outputs before updating, provably equal to the sequential run. `update` then applies each block's
 local loss. Nothing an FF block learns from ever comes from a later block.
 
+Memory (our choice): in `local` mode `forward` runs each block's backward right after that block's forward,
+so its autograd graph is freed before the next block runs; only the optimizer step waits for `update`. The
+gradients depend only on the block's pre-update weights and its detached input, so this is the same
+arithmetic as backward-in-`update`, but a stage holds one block's activations at a time instead of all of
+them: the activation-memory advantage of local learning over backprop, which holds every layer's.
+
 Chunk modes (seed 001 §"training routines"): `local` gives every block its own loss with a detached input
 (greedy FF); `backprop` lets gradients flow between the blocks *of this stage* against the loss of its last
 block ("chunked local update"), and still never across a stage boundary, because the incoming packet is
@@ -42,9 +48,11 @@ class NonFiniteLoss(FFPipeError):
 
 @dataclass
 class Pending:
-    """What `forward` leaves for `update`: the live losses and the time spent so far per block."""
+    """What `forward` leaves for `update`: the live losses (None where there is none, or where the block's
+    backward already ran in `forward`), which blocks have gradients waiting, and the time spent per block."""
 
     losses: list[torch.Tensor | None]
+    ready: list[bool]
     head_losses: list[torch.Tensor]
     stats: torch.Tensor
     seconds: list[float]
@@ -179,7 +187,7 @@ class Stage:
         self._set_mode(True)
         x, logits = packet.x, packet.logits
         labels = None if self.overlays else packet.y
-        losses, head_losses, stats, seconds = [], [], [], []
+        losses, ready, head_losses, stats, seconds = [], [], [], [], []
         for j, index in enumerate(self.indices):
             t0 = time.perf_counter()
             inp = x if self.backprop_chunk and j > 0 else x.detach()
@@ -192,7 +200,11 @@ class Stage:
             else:
                 with torch.no_grad():
                     loss, st = None, self.objectives[j].loss(pos, neg, labels)[1]
-            losses.append(loss)
+            eager = loss is not None and not self.backprop_chunk
+            if eager:
+                self._backward([self.optims[j], self.sig_optims[j]], loss.backward)
+            losses.append(None if eager else loss)
+            ready.append(eager)
             stats.append(st)
             x = self._normalize(y)
             if index in self.heads:
@@ -206,7 +218,7 @@ class Stage:
                 logits = part.detach() if logits is None else logits + part.detach()
             seconds.append(time.perf_counter() - t0)
         out = packet.evolve(x=x.detach(), logits=logits)
-        return out, Pending(losses, head_losses, torch.stack(stats).float(), seconds)
+        return out, Pending(losses, ready, head_losses, torch.stack(stats).float(), seconds)
 
     def _block_forward(self, j: int, inp: torch.Tensor, packet: Packet) -> torch.Tensor:
         """Positive and negative rows in one matmul with autograd; the neutral rows, which carry no loss, in a
@@ -228,24 +240,34 @@ class Stage:
                                 f"(epoch {packet.epoch}); the last good checkpoint is kept")
         seconds = list(pending.seconds)
         for j, loss in enumerate(pending.losses):
-            if loss is None:
+            if loss is None and not pending.ready[j]:
                 continue
             t0 = time.perf_counter()
             chunk = range(len(self.indices)) if self.backprop_chunk else [j]
-            self._apply([self.optims[k] for k in chunk] + [self.sig_optims[j]], loss.backward)
+            optims = [self.optims[k] for k in chunk] + [self.sig_optims[j]]
+            if loss is not None:
+                self._backward(optims, loss.backward)
+            self._apply(optims)
             seconds[j] += time.perf_counter() - t0
         if pending.head_losses:
-            self._apply(list(self.head_optims.values()), lambda: sum(pending.head_losses).backward())
+            head = list(self.head_optims.values())
+            self._backward(head, lambda: sum(pending.head_losses).backward())
+            self._apply(head)
         metrics = StepMetrics(pending.stats, seconds, packet.n)
         self._meter.add(metrics)
         return metrics
 
-    def _apply(self, optims: list, backward) -> None:
-        """zero_grad → backward → (replicas: average the gradients) → step, for these optimizers only."""
-        optims = [opt for opt in optims if opt is not None]
+    @staticmethod
+    def _backward(optims: list, backward: Callable[[], None]) -> None:
+        """zero_grad → backward, for these optimizers' parameters only."""
         for opt in optims:
-            opt.zero_grad(set_to_none=True)
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
         backward()
+
+    def _apply(self, optims: list) -> None:
+        """(replicas: average the gradients) → step, for these optimizers only."""
+        optims = [opt for opt in optims if opt is not None]
         if self.grad_sync is not None:
             self.grad_sync([p.grad for opt in optims for group in opt.param_groups for p in group["params"]
                             if p.grad is not None])
@@ -261,8 +283,9 @@ class Stage:
         """
         saved = self._features.pop(step, [])
         if saved:
-            self._apply(list(self.head_optims.values()),
-                        lambda: sum((self.heads[i](f.float()) * error).sum() for i, f in saved).backward())
+            head = list(self.head_optims.values())
+            self._backward(head, lambda: sum((self.heads[i](f.float()) * error).sum() for i, f in saved).backward())
+            self._apply(head)
 
     def epoch_metrics(self) -> list[dict]:
         """Per-block means over the steps since the last call, then reset."""

@@ -22,7 +22,7 @@ from ffpipe.checkpoint import (
     write_manifest,
 )
 from ffpipe.config import Config, dump_config, to_dict
-from ffpipe.data import Dataset, Split, load_dataset
+from ffpipe.data import Dataset, Split, load_for_config
 from ffpipe.heads import joint_error
 from ffpipe.metrics import MetricsLog, TrainView, read_records
 from ffpipe.network import (
@@ -52,7 +52,7 @@ class Network:
     @classmethod
     def build(cls, cfg: Config) -> Network:
         device = resolve_device(cfg.train.device)
-        dataset = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.split_seed)
+        dataset = load_for_config(cfg.data)
         specs = specs_for(cfg, dataset.image_shape)
         seconds = measure_block_seconds(cfg, dataset, specs, device) if cfg.pipeline.partition == "measured" else None
         stages = build_stages(cfg, specs, stage_bounds(cfg, specs, seconds), dataset.num_classes, device)

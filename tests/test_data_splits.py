@@ -121,3 +121,18 @@ def test_embedded_slice_rebuilds_byte_identical(tmp_path):
     build(FASHION_SYSTEM, tmp_path)
     for name in catalog.EMBEDDED_FILES.values():
         assert (tmp_path / name).read_bytes() == (catalog.EMBEDDED_DIR / name).read_bytes(), name
+
+
+def test_train_subset_is_seeded_and_leaves_val_and_test_alone():
+    from ffpipe.config import DataConfig
+    from ffpipe.data import load_for_config
+    from ffpipe.errors import FFPipeError
+
+    full = load_for_config(DataConfig())
+    a, b = load_for_config(DataConfig(train_subset=600)), load_for_config(DataConfig(train_subset=600))
+    c = load_for_config(DataConfig(train_subset=600, split_seed=1))
+    assert len(a.train.labels) == 600 and torch.equal(a.train.images, b.train.images)
+    assert not torch.equal(a.train.labels, c.train.labels)
+    assert torch.equal(a.val.images, full.val.images) and torch.equal(a.test.images, full.test.images)
+    with pytest.raises(FFPipeError, match="train_subset"):
+        load_for_config(DataConfig(train_subset=10**6))

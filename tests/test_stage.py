@@ -34,13 +34,20 @@ def block_weights(stages):
 
 
 def test_no_gradient_crosses_a_block_boundary():
-    _, source, (stage,) = build([])
+    """Block 0 has no loss: the later blocks' local backward (run eagerly in `forward`) must not reach it."""
+    _, source, (stage,) = build(["loss.exclude_first=true"])
     packet = next(source.train_packets(epoch=1))
     _, pending = stage.forward(packet)
-    pending.losses[2].backward()
+    assert pending.ready == [False, True, True]
     assert all(p.grad is None for p in stage.blocks[0].parameters())
-    assert all(p.grad is None for p in stage.blocks[1].parameters())
-    assert all(p.grad is not None for p in stage.blocks[2].parameters())
+    assert all(p.grad is not None for b in stage.blocks[1:] for p in b.parameters())
+
+
+def test_local_mode_frees_every_block_graph_in_forward():
+    """Each block's backward runs before the next block: no loss (and so no autograd graph) outlives `forward`."""
+    _, source, (stage,) = build([])
+    _, pending = stage.forward(next(source.train_packets(epoch=1)))
+    assert pending.losses == [None, None, None] and all(pending.ready)
 
 
 def test_backprop_chunk_sends_gradient_inside_the_stage_only():

@@ -16,7 +16,7 @@ import torch
 from ffpipe.baselines.model import build_bp_model, train_step
 from ffpipe.baselines.trainer import autocast_for
 from ffpipe.config import Config
-from ffpipe.data import epoch_batches, load_dataset
+from ffpipe.data import epoch_batches, load_for_config
 from ffpipe.errors import FFPipeError
 from ffpipe.network import resolve_device
 from ffpipe.optim import make_optimizer
@@ -27,7 +27,7 @@ def bp_step_seconds(cfg: Config, steps: int = 20, warmup: int = 3) -> float:
     if steps < 1 or warmup < 0:
         raise FFPipeError(f"timing needs steps >= 1 and warmup >= 0, got steps {steps}, warmup {warmup}")
     device = resolve_device(cfg.train.device)
-    dataset = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.split_seed)
+    dataset = load_for_config(cfg.data)
     drawn = epoch_batches(dataset.train, cfg.data.batch_size, seed=cfg.train.seed, epoch=1, device=device)
     batches = list(islice(drawn, warmup + steps))
     if not batches:

@@ -35,7 +35,7 @@ from ffpipe.baselines.model import build_bp_model, gradient_bytes, train_step
 from ffpipe.baselines.world import World, join_world, leave_world, single_world
 from ffpipe.checkpoint import atomic_torch_save, checkpoint_dir
 from ffpipe.config import Config, dump_config, to_dict
-from ffpipe.data import Dataset, Split, epoch_batches, load_dataset, num_batches
+from ffpipe.data import Dataset, Split, epoch_batches, load_for_config, num_batches
 from ffpipe.errors import FFPipeError
 from ffpipe.metrics import MetricsLog, TrainView
 from ffpipe.optim import lr_at, make_optimizer, set_lr
@@ -146,7 +146,7 @@ class _Epoch:
 
 def run(cfg: Config, out: str | None, world: World) -> dict:
     """Train `cfg`'s BP twin on this rank of `world`; every rank returns the same summary."""
-    dataset: Dataset = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.split_seed)
+    dataset: Dataset = load_for_config(cfg.data)
     batch = cfg.data.batch_size
     spe = num_batches(len(dataset.train), batch, drop_last=True)
     if spe == 0:

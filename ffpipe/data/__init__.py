@@ -9,7 +9,7 @@ from ffpipe.data.batches import epoch_batches, num_batches
 from ffpipe.data.catalog import DATASETS
 from ffpipe.data.dataset import Dataset, Split
 from ffpipe.data.info import data_info, format_info
-from ffpipe.data.loading import load_dataset
+from ffpipe.data.loading import load_dataset, load_for_config
 
 __all__ = [
     "DATASETS",
@@ -19,5 +19,6 @@ __all__ = [
     "epoch_batches",
     "format_info",
     "load_dataset",
+    "load_for_config",
     "num_batches",
 ]

@@ -93,3 +93,21 @@ def load_dataset(
     instead of a fetch. `fashion_mnist_small` is read from the package and ignores all three.
     """
     return load_located(name, data_dir, split_seed, download)[0]
+
+
+def load_for_config(data) -> Dataset:
+    """The dataset a run's `data` config section asks for: `load_dataset`, then, if `train_subset` is set, the
+    first `train_subset` training images of a permutation seeded by `split_seed` (our choice, for experiments
+    that sweep many models on a CPU; val and test are never cut). Class balance is left to the draw."""
+    dataset = load_dataset(data.name, data.dir, data.split_seed)
+    n = data.train_subset
+    if n is None:
+        return dataset
+    if n > len(dataset.train.labels):
+        raise FFPipeError(f"data.train_subset={n} is more than the {len(dataset.train.labels)} training images "
+                          f"of {data.name}")
+    keep = torch.randperm(len(dataset.train.labels), generator=torch.Generator().manual_seed(data.split_seed))[:n]
+    keep = keep.sort().values
+    train = Split(dataset.train.images[keep], dataset.train.labels[keep])
+    return Dataset(dataset.name, train, dataset.val, dataset.test, dataset.num_classes, dataset.class_names,
+                   dataset.source)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from ffpipe.checkpoint import latest_checkpoint, load_checkpoint
 from ffpipe.config import Config, dump_config
-from ffpipe.data import load_dataset
+from ffpipe.data import load_for_config
 from ffpipe.errors import FFPipeError
 from ffpipe.network import fingerprint, measure_block_seconds, specs_for, stage_bounds
 from ffpipe.optim import lr_at
@@ -159,7 +159,7 @@ def _last_step(cfg: Config, source: PacketSource) -> int:
 
 
 def _build(cfg: Config, index: int, replica: int, run_dir: Path, resume: bool, control: Control, device):
-    dataset = load_dataset(cfg.data.name, cfg.data.dir, cfg.data.split_seed)
+    dataset = load_for_config(cfg.data)
     specs = specs_for(cfg, dataset.image_shape)
     seconds = None
     if cfg.pipeline.partition == "measured":  # rank 0 measures; every stage must use the same partition
