@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from ffpipe.analysis.cli import add_parser as add_analysis
+from ffpipe.bench.command import add_parser as add_throughput
+from ffpipe.bench.scaling import add_parser as add_scaling
 from ffpipe.errors import FFPipeError
 from ffpipe.sim import add_parser as add_simulate
 
@@ -161,7 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_analysis(sub)
 
     bench = sub.add_parser("bench", help="benchmarks and the pipeline simulator")
-    add_simulate(bench.add_subparsers(dest="bench_command", required=True))
+    benches = bench.add_subparsers(dest="bench_command", required=True)
+    add_scaling(benches)
+    add_throughput(benches)
+    add_simulate(benches)
 
     labels = sub.add_parser("labels", help="label encodings").add_subparsers(dest="labels_command", required=True)
     p = labels.add_parser("show", help="render all label variants of one image to a PNG")

@@ -24,7 +24,7 @@ from ffpipe.checkpoint import (
 from ffpipe.config import Config, dump_config, to_dict
 from ffpipe.data import Dataset, Split, load_for_config
 from ffpipe.heads import joint_error
-from ffpipe.metrics import MetricsLog, TrainView, read_records
+from ffpipe.metrics import MemoryMeter, MetricsLog, TrainView, read_records
 from ffpipe.network import (
     build_stages,
     fingerprint,
@@ -126,6 +126,7 @@ def train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
     epochs, spe = cfg.train.epochs, net.source.steps_per_epoch
     last_step = min(epochs * spe, cfg.train.max_steps or epochs * spe)
     val = None
+    memory = MemoryMeter(net.stages[0].device)  # after data load and model build: see MemoryMeter
     with TrainView(last_step, epochs, enabled=cfg.train.progress) as view:
         while step < last_step:
             epoch, start = step // spe + 1, step % spe
@@ -149,7 +150,7 @@ def train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
             record = {"epoch": epoch, "step": step, "lr": net.stages[0].lr, "train_s": train_s,
                       "samples_per_s": seen / train_s if train_s > 0 else 0.0,
                       "head_train_acc": float(correct_sum) / seen if seen else None,
-                      "blocks": [row for stage in net.stages for row in stage.epoch_metrics()]}
+                      "blocks": [row for stage in net.stages for row in stage.epoch_metrics()], **memory.read()}
             if epoch % cfg.train.eval_every == 0 or step == last_step:
                 val = net.evaluate(net.dataset.val).result()
                 record["val"] = val

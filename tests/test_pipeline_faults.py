@@ -90,7 +90,9 @@ def test_kill_9_of_a_stage_ends_the_job_within_30s(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert time.monotonic() - t0 < 30
     assert proc.returncode != 0
-    assert err.strip().splitlines()[-1].startswith("ffpipe: error:"), err[-1000:]
+    # exactly one line of ours; libtorch's C++ teardown of a surviving stage may print after it ("... GLHF!")
+    ours = [line for line in err.splitlines() if line.startswith("ffpipe: error:")]
+    assert len(ours) == 1 and "stage" in ours[0], err[-1000:]
     wait_for(lambda: not processes_for(run), 10, "every stage process to exit")
 
 

@@ -52,8 +52,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ffpipe.analysis.report import report
     from ffpipe.analysis.runs import find_runs, is_run_dir
+    from ffpipe.bench.command import bench_report
 
     path = Path(args.path)
+    if bench_report(path):
+        return 0
     if args.json and is_run_dir(path):
         print(json.dumps(find_runs(path)[0].final_metrics()))
         return 0

@@ -13,7 +13,9 @@ over the global batch, as in one process); on the CPU, where torch has no SyncBa
 normalizes with its own shard's statistics, the usual DDP behaviour.
 
 Each epoch record holds "epoch", "step", "lr", "train_s", "wall_s", "samples_per_s", "train_loss",
-"train_acc", "world_size", "peak_memory_bytes" (max over ranks), "allreduce_bytes_per_step" (see
+"train_acc", "world_size", "peak_memory_bytes" and "train_memory_bytes" (max over ranks; see
+`ffpipe.metrics.MemoryMeter`: on the CPU the training figure leaves out what a process held before its first
+step, the torch runtime, the data and the model), "allreduce_bytes_per_step" (see
 `World.allreduce_bytes_per_step`) and, on evaluation epochs, "val": {"bp": accuracy, "n": N,
 "infer_ms_per_image": {"bp": ms}}; the last record is {"kind": "test", "test": {...}}. Only rank 0 writes.
 """
@@ -27,7 +29,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -37,7 +38,7 @@ from ffpipe.checkpoint import atomic_torch_save, checkpoint_dir
 from ffpipe.config import Config, dump_config, to_dict
 from ffpipe.data import Dataset, Split, epoch_batches, load_for_config, num_batches
 from ffpipe.errors import FFPipeError
-from ffpipe.metrics import MetricsLog, TrainView
+from ffpipe.metrics import MemoryMeter, MetricsLog, TrainView
 from ffpipe.optim import lr_at, make_optimizer, set_lr
 from ffpipe.plots import save_confusion
 from ffpipe.trainer import run_dir_for
@@ -169,12 +170,12 @@ def run(cfg: Config, out: str | None, world: World) -> dict:
     last_step = min(epochs * spe, cfg.train.max_steps or epochs * spe)
     step, val = 0, None
     view = TrainView(last_step, epochs, enabled=cfg.train.progress) if world.leader else None
+    memory = MemoryMeter(world.device)  # after data load and model build, before the first step
     with view or contextlib.nullcontext():
         while step < last_step:
             epoch = step // spe + 1
             lr = lr_at(o.schedule, o.lr, epoch, epochs, milestones=o.milestones, gamma=o.gamma)
             set_lr(optimizer, lr)
-            world.reset_peak_memory()
             meter = _Epoch(world.device)
             for x, y in epoch_batches(dataset.train, batch, seed=cfg.train.seed, epoch=epoch, device=world.device):
                 loss, correct = train_step(forward, optimizer, x[rows], y[rows], autocast)
@@ -186,7 +187,7 @@ def run(cfg: Config, out: str | None, world: World) -> dict:
                                 meter.local * world.size / elapsed)
                 if step == last_step:
                     break
-            record = _epoch_record(meter, world, epoch, step, lr, comm)
+            record = _epoch_record(meter, world, epoch, step, lr, comm, memory)
             if epoch % cfg.train.eval_every == 0 or step == last_step:
                 val, _ = evaluate(model, dataset.val, cfg, world, dataset.num_classes)
                 record["val"] = val
@@ -203,15 +204,15 @@ def run(cfg: Config, out: str | None, world: World) -> dict:
             "primary": READOUT, "world_size": world.size}
 
 
-def _epoch_record(meter: _Epoch, world: World, epoch: int, step: int, lr: float, comm: int) -> dict:
+def _epoch_record(meter: _Epoch, world: World, epoch: int, step: int, lr: float, comm: int,
+                  memory: MemoryMeter) -> dict:
     train_s = time.perf_counter() - meter.t0
     sums = world.all_reduce(meter.sums.detach().clone())
     seen = meter.local * world.size
     loss = float(sums[0]) / seen
     if not math.isfinite(loss):
         raise FFPipeError(f"the BP loss became {loss} in epoch {epoch} (step {step}); lower optim.lr")
-    peak = world.all_reduce(torch.tensor(world.peak_memory_bytes()), op=dist.ReduceOp.MAX)
     return {"epoch": epoch, "step": step, "lr": lr, "train_s": train_s,
             "samples_per_s": seen / train_s if train_s > 0 else 0.0, "train_loss": loss,
-            "train_acc": float(sums[1]) / seen, "world_size": world.size, "peak_memory_bytes": int(peak),
+            "train_acc": float(sums[1]) / seen, "world_size": world.size, **world.max_over_ranks(memory.read()),
             "allreduce_bytes_per_step": comm}

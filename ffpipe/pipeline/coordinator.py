@@ -30,7 +30,8 @@ def stage_summary(row: dict) -> dict:
     return {"stage": row["stage"], "blocks": [b["index"] for b in row["blocks"]],
             "compute_s_per_step": row["compute_s"] / steps, "idle_pct": 100 * row["idle_s"] / wall,
             "send_blocked_pct": 100 * row["send_blocked_s"] / wall, "samples_per_s": row["samples"] / wall,
-            "bytes_in": row["bytes_in"], "bytes_out": row["bytes_out"], "peak_memory_bytes": row["peak_memory_bytes"]}
+            "bytes_in": row["bytes_in"], "bytes_out": row["bytes_out"], "peak_memory_bytes": row["peak_memory_bytes"],
+            "train_memory_bytes": row["train_memory_bytes"]}
 
 
 class LiveTable:

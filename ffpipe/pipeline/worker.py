@@ -18,7 +18,6 @@ backward channel at all.
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from ffpipe.checkpoint import checkpoint_dir, save_shard
 from ffpipe.config import Config
 from ffpipe.heads import joint_error
+from ffpipe.metrics import MemoryMeter
 from ffpipe.packet import VIEWS, Packet
 from ffpipe.pipeline.control import Control
 from ffpipe.pipeline.wire import Kind, Message, Receiver, Sender
@@ -51,12 +51,6 @@ def unpack(msg: Message) -> tuple[Packet, str]:
     view, split = VIEWS[int(meta[0])], SPLITS[int(meta[1])]
     keep = [t.clone() if t.numel() else None for t in (y, logits, scores, exits)]
     return Packet(view, x, keep[0], msg.step, msg.epoch, keep[1], keep[2], keep[3]), split
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 @dataclass
@@ -89,6 +83,8 @@ class StageWorker:
         self.lag = stages - 1 - index
         self.has_error_channel = links.errors_in is not None
         self.fault_step: int | None = None
+        # made after the data, the stage and the wire are built, before the first step: see MemoryMeter
+        self.memory = MemoryMeter(stage.device)
         self._reset_epoch()
 
     def _reset_epoch(self) -> None:
@@ -215,7 +211,7 @@ class StageWorker:
                 "stage": self.index, "blocks": blocks, "steps": self.steps, "samples": self.seen,
                 "wall_s": self.train_end - self.t0, "compute_s": sum(b["compute_s"] for b in blocks),
                 "idle_s": self.train_idle, "send_blocked_s": nxt["blocked_s"], "bytes_in": prev["bytes"],
-                "bytes_out": nxt["bytes"], "peak_memory_bytes": peak_memory_bytes(self.stage.device)})
+                "bytes_out": nxt["bytes"], **self.memory.read()})
             for link in (self.links.prev, self.links.next):
                 if link is not None:
                     link.reset_stats()

@@ -158,8 +158,8 @@ def times_from_dict(data, source: str = "<dict>") -> MeasuredTimes:
                          int(_number(data.get("replicas", 1), "replicas", 1)), **optional)
 
 
-def _last_epoch(path: Path) -> tuple[dict, int]:
-    """The last epoch record of a metrics.jsonl and its number of training steps."""
+def _last_epoch(path: Path, epoch: int | None = None) -> tuple[dict, int]:
+    """The last epoch record of a metrics.jsonl (or the record of `epoch`) and its number of training steps."""
     records = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         try:
@@ -168,6 +168,10 @@ def _last_epoch(path: Path) -> tuple[dict, int]:
             raise FFPipeError(f"{path}:{n}: not JSON ({exc.msg})") from None
         if isinstance(record, dict) and "epoch" in record and record.get("blocks"):
             records.append(record)
+    if epoch is not None:
+        records = [r for r in records if r["epoch"] <= epoch]
+        if not records or records[-1]["epoch"] != epoch:
+            raise FFPipeError(f"{path} has no epoch-{epoch} record with per-block times")
     if not records:
         raise FFPipeError(f"{path} has no epoch record with per-block times")
     last = records[-1]
@@ -179,8 +183,9 @@ def _last_epoch(path: Path) -> tuple[dict, int]:
     return last, steps
 
 
-def times_from_run(path: Path) -> MeasuredTimes:
-    """Per-block times of a run's last epoch, with message and gradient sizes from its config.yaml."""
+def times_from_run(path: Path, epoch: int | None = None) -> MeasuredTimes:
+    """Per-block times of a run's last epoch (or of `epoch`), with message and gradient sizes from its
+    config.yaml."""
     from ffpipe.config import load_config
     from ffpipe.data.catalog import get_spec
     from ffpipe.nn import block_specs
@@ -190,7 +195,7 @@ def times_from_run(path: Path) -> MeasuredTimes:
     config = metrics.parent / "config.yaml"
     if not metrics.is_file() or not config.is_file():
         raise FFPipeError(f"{path}: a run needs metrics.jsonl and config.yaml side by side")
-    record, steps = _last_epoch(metrics)
+    record, steps = _last_epoch(metrics, epoch)
     cfg = load_config(config)
     data = get_spec(cfg.data.name)
     specs = block_specs(cfg.model, data.image_shape)

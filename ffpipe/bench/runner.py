@@ -1,0 +1,90 @@
+"""Start one real training run as a subprocess and read what it measured: the benchmarks' only way to run.
+
+Every run is a normal `ffpipe train` / `ffpipe train-bp` (DDP under torchrun) command with one torch thread
+per process (OMP_NUM_THREADS=1), so a benchmark measures exactly what a user would run. Throughput is read
+from the run's own metrics.jsonl: the samples/s of one epoch's training steps (`timed_epoch`), so start-up,
+process launch and evaluation never enter a rate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository root (configs/, launch/, benchmarks/ live here in a checkout)."""
+
+
+def machine() -> dict:
+    """What every results.json records about the machine it was measured on."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                    if ln.startswith("model name")), cpu)
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "device": "cpu",
+            "threads_per_process": 1, "python": platform.python_version(), "platform": platform.platform(),
+            "bench_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def ff_command(cfg: Path, stages: int, replicas: int, steps: int, out: Path) -> list[str]:
+    """`ffpipe train` with `stages` x `replicas` processes (1 x 1 runs the sequential trainer in-process)."""
+    return [sys.executable, "-m", "ffpipe.cli", "train", "--config", str(cfg), "--stages", str(stages),
+            "--replicas", str(replicas), "--max-steps", str(steps), "--out", str(out)]
+
+
+def bp_command(cfg: Path, workers: int, steps: int, out: Path) -> list[str]:
+    """`ffpipe train-bp`: one process, or DDP over `workers` processes under torchrun (gloo on the CPU)."""
+    common = ["train-bp", "--config", str(cfg), "--max-steps", str(steps), "--out", str(out)]
+    if workers == 1:
+        return [sys.executable, "-m", "ffpipe.cli", *common]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(workers),
+            "-m", "ffpipe.cli", *common]
+
+
+def run_command(cmd: list[str], timeout: float = 1800) -> tuple[int, str, int]:
+    """Run `cmd` (OMP_NUM_THREADS=1); return (exit code, stderr tail, peak RSS in bytes of its largest process).
+
+    `os.wait4` gives the child's own rusage, whose ru_maxrss covers its waited-for descendants (Linux KiB)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return proc.returncode, err.read().decode(errors="replace")[-3000:], usage.ru_maxrss * 1024
+
+
+def epoch_records(out: Path) -> dict[int, dict]:
+    """A run's epoch records by epoch number."""
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return {r["epoch"]: r for r in map(json.loads, lines) if "epoch" in r}
+
+
+def timed_run(cmd: list[str], out: Path, epoch: int = 2, timeout: float = 1800) -> dict:
+    """Run `cmd` (which writes run dir `out`) and return its `epoch` record with the steps that epoch ran,
+    the wall time and the process tree's peak RSS. A failed run raises RuntimeError with its stderr tail."""
+    t0 = time.perf_counter()
+    code, err, tree_rss = run_command(cmd, timeout)
+    if code:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({code}):\n{err}")
+    records = epoch_records(out)
+    if epoch not in records or epoch - 1 not in records and epoch > 1:
+        raise RuntimeError(f"{out}: no epoch-{epoch} record; run more steps")
+    steps = records[epoch]["step"] - (records[epoch - 1]["step"] if epoch > 1 else 0)
+    return {"record": records[epoch], "steps": steps, "run_s": time.perf_counter() - t0, "tree_rss_bytes": tree_rss}
