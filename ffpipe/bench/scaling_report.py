@@ -215,7 +215,8 @@ def strong_plot(result: dict, path: Path, plt) -> None:
     fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.5), squeeze=False)
     for ax, family in zip(axes[0], families):
         top = max(p["stages"] for v in series.values() for p in v if p["family"] == family)
-        ax.plot([1, top], [1, top], "k--", label="ideal (speedup = stages)")
+        ideal = [2 ** i for i in range(top.bit_length())]  # the log-2 stage axis: y = x drawn through its ticks
+        ax.plot(ideal, ideal, "k--", label="ideal (speedup = stages)")
         for k, pts in enumerate(v for v in series.values() if v[0]["family"] == family):
             color = f"C{k % 10}"
             ax.plot([p["stages"] for p in pts], [p["speedup_vs_1_stage"] for p in pts], "-", color=color)
@@ -238,7 +239,8 @@ def weak_plot(result: dict, path: Path, plt) -> None:
     base = next((r for r in rows if r["stages"] == 1), None)
     if base:
         top = max(r["stages"] for r in rows)
-        ax.plot([1, top], [base["sample_blocks_per_s"], top * base["sample_blocks_per_s"]], "k--", label="ideal")
+        ideal = [2 ** i for i in range(top.bit_length())]
+        ax.plot(ideal, [s * base["sample_blocks_per_s"] for s in ideal], "k--", label="ideal")
     ax.plot([r["stages"] for r in rows], [r["sample_blocks_per_s"] for r in rows], "-", color="C0")
     for i, r in enumerate(rows):
         _marker(ax, r["stages"], r["sample_blocks_per_s"], r["oversubscribed"], "C0",
