@@ -29,7 +29,7 @@ from ffpipe.sim import (
     times_from_dict,
 )
 from ffpipe.sim.command import add_parser, render
-from ffpipe.sim.times import FORWARD_FRACTION, HEADER_BYTES, activation_bytes
+from ffpipe.sim.times import FORWARD_FRACTION, HEADER_BYTES, activation_bytes, times_from_run
 
 IDEAL = link_preset("ideal")
 
@@ -255,6 +255,11 @@ def test_run_directory_gives_last_epoch_times(tmp_path):
     assert times.blocks[1].forward_s + times.blocks[1].update_s == approx(1.0 / 25)  # 25 steps in epoch 2
     assert times.blocks[0].out_bytes == activation_bytes(specs[0].units, 20)
     assert times.measured_samples_per_s == 123.0 and times.head_error_bytes == HEADER_BYTES + 4 * 20 * 10
+    first = times_from_run(tmp_path, epoch=1)  # a chosen epoch, not the last one
+    assert first.measured_samples_per_s == 1.0
+    assert first.blocks[1].forward_s + first.blocks[1].update_s == approx(1.0 / 50)  # 50 steps in epoch 1
+    with pytest.raises(FFPipeError, match="no epoch-3 record"):
+        times_from_run(tmp_path, epoch=3)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FFPipeError, match="metrics.jsonl and config.yaml"):
         load_times(tmp_path / "empty")
