@@ -21,9 +21,16 @@ from ffpipe.errors import FFPipeError
 from ffpipe.metrics import NOT_ACCURACIES
 
 
-def _save_png(fig: Figure, path: str | os.PathLike) -> Path:
+def subplots(*grid, figsize: tuple[float, float], **kwargs):
+    """A pyplot-free figure and its axes, with `plt.subplots`'s arguments (for modules that plot many figures)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kwargs)
+
+
+def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Render `fig` to PNG and write it atomically; every PNG ffpipe writes goes through here."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=dpi)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 
@@ -103,7 +110,7 @@ def plot_curves(records: list[dict], path: str | os.PathLike) -> Path:
         ax.legend(fontsize="small", framealpha=0.7, ncol=2 if len(ax.get_lines()) > 8 else 1)
         if len(epochs) <= 20:
             ax.set_xticks(sorted(set(epochs)))
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def _check_cm(cm: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
@@ -142,7 +149,7 @@ def plot_confusion(cm: torch.Tensor, class_names: Sequence[str], path: str | os.
                     fontsize=fontsize,
                     color="white" if rate[t, p] > 0.5 else "black",
                 )
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def save_confusion(

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from ffpipe.analysis.figures import save_png
 from ffpipe.analysis.probe import Probe
 from ffpipe.errors import FFPipeError
+from ffpipe.plots import save_png
 
 
 def class_activation_map(features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

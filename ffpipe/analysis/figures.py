@@ -7,7 +7,6 @@ Figures are `matplotlib.figure.Figure` objects rendered through Agg (no pyplot),
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from pathlib import Path
@@ -17,17 +16,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ffpipe.analysis.runs import natural
-from ffpipe.checkpoint import atomic_write_bytes
+from ffpipe.plots import save_png
 
 if TYPE_CHECKING:
     from ffpipe.analysis.report import Row
-
-
-def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
 
 
 def label(value: Any) -> str:

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from ffpipe.analysis.figures import save_png
 from ffpipe.analysis.probe import Probe
 from ffpipe.errors import FFPipeError
+from ffpipe.plots import save_png
 
 PCA_DIMS = 50
 INSTALL = "t-SNE needs scikit-learn, which is not installed: pip install 'ffpipe[analysis]'"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ffpipe.plots import save_png, subplots
+
 PLOTS = {"strong_scaling.png": "strong scaling: speedup vs stages per model (fixed model)",
          "weak_scaling.png": "weak scaling: sample-blocks/s vs stages (1 block per stage)",
          "idle_per_stage.png": "idle % per stage, deepest models at 2 stages and at the most stages",
@@ -209,10 +211,10 @@ def _stage_axis(ax, stages: list[int], cores: int) -> None:
                    label="oversubscribed (processes > cores; hollow markers): time-shared, not device scaling")
 
 
-def strong_plot(result: dict, path: Path, plt) -> None:
+def strong_plot(result: dict, path: Path) -> None:
     series = strong_series(result)
     families = [f for f in ("mlp", "cnn") if any(v[0]["family"] == f for v in series.values())]
-    fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.5), squeeze=False)
+    fig, axes = subplots(1, len(families), figsize=(6 * len(families), 4.5), squeeze=False)
     for ax, family in zip(axes[0], families):
         top = max(p["stages"] for v in series.values() for p in v if p["family"] == family)
         ideal = [2 ** i for i in range(top.bit_length())]  # the log-2 stage axis: y = x drawn through its ticks
@@ -229,13 +231,12 @@ def strong_plot(result: dict, path: Path, plt) -> None:
                title=f"{family.upper()} strong scaling (measured, CPU)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
-def weak_plot(result: dict, path: Path, plt) -> None:
+def weak_plot(result: dict, path: Path) -> None:
     rows, weak = weak_series(result), result["plan"]["weak"]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = subplots(figsize=(6, 4.5))
     base = next((r for r in rows if r["stages"] == 1), None)
     if base:
         top = max(r["stages"] for r in rows)
@@ -251,13 +252,12 @@ def weak_plot(result: dict, path: Path, plt) -> None:
            title="Weak scaling, 1 block per stage (measured, CPU)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
-def idle_plot(result: dict, path: Path, plt) -> None:
+def idle_plot(result: dict, path: Path) -> None:
     points = idle_points(result)
-    fig, axes = plt.subplots(1, max(len(points), 1), figsize=(3.2 * max(len(points), 1), 3.6), squeeze=False)
+    fig, axes = subplots(1, max(len(points), 1), figsize=(3.2 * max(len(points), 1), 3.6), squeeze=False)
     for ax, p in zip(axes[0], points):
         ax.bar(range(len(p["idle_pct"])), p["idle_pct"], color="C3" if p["oversubscribed"] else "C0")
         tag = "\nOVERSUBSCRIBED" if p["oversubscribed"] else ""
@@ -265,16 +265,15 @@ def idle_plot(result: dict, path: Path, plt) -> None:
         ax.set(xlabel="stage", ylabel="idle %", ylim=(0, 100), title=f"{p['title']}, {p['stages']} stages{tag}")
         ax.title.set_fontsize(8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
-def sim_plot(result: dict, path: Path, plt) -> None:
+def sim_plot(result: dict, path: Path) -> None:
     from matplotlib import ticker
 
     points = [p for p in result["points"] if p["prediction"] is not None]
     goal = result["summary"]["sim_goal_rel_error"]
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = subplots(figsize=(5.5, 5))
     if points:
         values = [v for p in points for v in (p["samples_per_s"], p["prediction"]["samples_per_s"])]
         lo, hi = min(values) / 1.5, max(values) * 1.5
@@ -297,21 +296,15 @@ def sim_plot(result: dict, path: Path, plt) -> None:
            title="ffpipe.sim vs measured (pipelined points)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
 def render(result: dict, out_dir: Path) -> str:
     """Write results.md and every plot of `result` (a scaling results.json) into `out_dir`; return the markdown."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = markdown(result)
     (out_dir / "results.md").write_text(text)
     for name, plot in zip(PLOTS, (strong_plot, weak_plot, idle_plot, sim_plot)):
-        plot(result, out_dir / name, plt)
+        plot(result, out_dir / name)
     return text

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ffpipe.plots import save_png, subplots
+
 MiB = 2**20
 PLOTS = ("speedup.png", "ff_over_bp.png", "memory.png", "sim_vs_measured.png", "idle.png")
 
@@ -143,26 +145,15 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    _plt().close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def plot_speedup(result: dict, path: Path) -> Path:
     """Speedup vs workers, ours (N-stage pipelines and DDP) against the ideal line and the papers' anchors."""
-    plt, rows = _plt(), result["rows"]
-    fig, ax = plt.subplots(figsize=(7, 5))
+    rows = result["rows"]
+    fig, ax = subplots(figsize=(7, 5))
     top = max([4] + [r["workers"] for r in rows])
     ax.plot([1, top], [1, top], "k--", lw=1, label="ideal")
     names = {"deeperforward_pipeline_speedup": "DeeperForward pipeline (GPUs)",
@@ -188,11 +179,11 @@ def plot_speedup(result: dict, path: Path) -> Path:
 
 def plot_ff_over_bp(result: dict, path: Path) -> Path:
     """FF / BP throughput per model: 1 worker (sequential vs BP) and N workers (N-stage pipeline vs DDP)."""
-    plt, rows = _plt(), result["rows"]
+    rows = result["rows"]
     models = list(dict.fromkeys(r["model"] for r in rows))
     groups = [(1, "1 worker: FF sequential / BP")] + [(n, f"{n} workers: FF {n} stages / DDP-BP")
                                                       for n in result["settings"]["workers"]]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     width = 0.8 / len(groups)
     for k, (n, name) in enumerate(groups):
         vals = [next((r["ff_over_bp_throughput"] for r in rows if r["model"] == m and r["workers"] == n
@@ -208,8 +199,8 @@ def plot_ff_over_bp(result: dict, path: Path) -> Path:
 
 def plot_memory(result: dict, path: Path) -> Path:
     """Memory per worker, both measures, every row."""
-    plt, rows = _plt(), result["rows"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.32 * len(rows) + 1.6), sharey=True)
+    rows = result["rows"]
+    fig, axes = subplots(1, 2, figsize=(12, 0.32 * len(rows) + 1.6), sharey=True)
     names = [_short(r) for r in rows]
     for ax, key, title in ((axes[0], "train_memory_bytes_per_worker", "training memory (peak - RSS at start)"),
                            (axes[1], "peak_memory_bytes_per_worker", "peak RSS (torch runtime included)")):
@@ -222,9 +213,8 @@ def plot_memory(result: dict, path: Path) -> Path:
 
 def plot_sim(result: dict, path: Path) -> Path:
     """Predicted vs measured samples/s of every pipelined row, with y = x and a +-10% band."""
-    plt = _plt()
     rows = [r for r in result["rows"] if r.get("sim_predicted_samples_per_s")]
-    fig, ax = plt.subplots(figsize=(6, 5.5))
+    fig, ax = subplots(figsize=(6, 5.5))
     top = max([1.0] + [max(r["samples_per_s"], r["sim_predicted_samples_per_s"]) for r in rows]) * 1.15
     ax.plot([0, top], [0, top], "k-", lw=1, label="y = x")
     ax.fill_between([0, top], [0, 0.9 * top], [0, 1.1 * top], color="grey", alpha=0.25, label="+-10%")
@@ -239,9 +229,8 @@ def plot_sim(result: dict, path: Path) -> Path:
 
 def plot_idle(result: dict, path: Path) -> Path:
     """Idle % of every stage of every pipelined row."""
-    plt = _plt()
     rows = [r for r in result["rows"] if r.get("idle_pct")]
-    fig, ax = plt.subplots(figsize=(8, 0.35 * max(1, sum(len(r["idle_pct"]) for r in rows)) + 1.5))
+    fig, ax = subplots(figsize=(8, 0.35 * max(1, sum(len(r["idle_pct"]) for r in rows)) + 1.5))
     names, vals = [], []
     for r in rows:
         for k, v in enumerate(r["idle_pct"]):
@@ -256,8 +245,7 @@ def plot_idle(result: dict, path: Path) -> Path:
 
 def plot_tta(tta: dict, path: Path) -> Path:
     """Validation accuracy against cumulative training time, with the targets."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = subplots(figsize=(7, 4.5))
     for m in tta["methods"].values():
         ax.plot([p["cum_train_s"] for p in m["curve"]], [p["val"] for p in m["curve"]], "o-", ms=3,
                 label=f"{m['label']} ({m['readout']})")
