@@ -14,18 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import torch
+from ffpipe.bench import runner
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results" / "pipeline"
+OUT = runner.ROOT / "benchmarks" / "results" / "pipeline"
 MLP = """\
 data: {{batch_size: 100, labels: {{encoding: onehot}}}}
 model: {{type: linear, depth: {depth}, width: {width}}}
@@ -44,14 +39,7 @@ def run(config: str, stages: int, steps: int, extra: list[str], workdir: Path) -
     cfg = workdir / f"cfg-{abs(hash(config))}.yaml"
     cfg.write_text(config)
     out = Path(tempfile.mkdtemp(dir=workdir))
-    cmd = [sys.executable, "-m", "ffpipe.cli", "train", "--config", str(cfg), "--stages", str(stages),
-           "--max-steps", str(steps), "--out", str(out), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    epoch = [r for r in records if r.get("epoch") == 2][-1]
+    epoch = runner.timed_run(runner.ff_command(cfg, stages, 1, steps, out) + extra, out)["record"]
     row = {"samples_per_s": epoch["samples_per_s"]}
     if "stages" in epoch:
         row["idle_pct"] = [s["idle_pct"] for s in epoch["stages"]]
@@ -100,8 +88,7 @@ def main() -> None:
         for how in ("equal", "flops", "measured"):
             rows.append(measure(f"unbalanced CNN, 2 stages, partition {how}", CNN, 2, steps,
                                 ["--set", f"pipeline.partition={how}"], repeats, work))
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "torch": torch.__version__, "device": "cpu", "threads_per_process": 1}
+    machine = runner.machine()
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps({"machine": machine, "steps": steps, "rows": rows}, indent=2))
     lines = ["| configuration | samples/s (median, min–max) | vs 1 stage | fraction of bound | idle % per stage |",

@@ -116,15 +116,11 @@ def _median_index(reps: list[dict]) -> int:
 
 
 def profile_of(run_dir: Path):
-    """The simulator's per-block times from a 1-stage run's epoch 2 (the timed epoch; the run's last record
-    is the one-step epoch 3, which `times_from_run` would read): epochs 1-2 go to a file beside config.yaml."""
+    """The simulator's per-block times from a 1-stage run's epoch 2, the timed epoch (its last record is the
+    one-step epoch 3)."""
     from ffpipe.sim.times import times_from_run
 
-    lines = [ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines()
-             if json.loads(ln).get("epoch", 0) in (1, 2)]
-    path = run_dir / "epochs-1-2.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return times_from_run(path)
+    return times_from_run(run_dir, epoch=2)
 
 
 def point_row(model: dict, stages: int, reps: list[dict], base_rate: float, cores: int, epoch_images: int) -> dict:
