@@ -51,7 +51,7 @@ def test_config_text_is_a_valid_config_with_the_benchmark_settings(tmp_path, key
 
 
 def _rep(rate: float, stages: int) -> dict:
-    rep = {"samples_per_s": rate, "steps": 60, "run_s": 1.0, "tree_rss_bytes": 1}
+    rep = {"samples_per_s": rate, "steps": 60, "run_s": 1.0}
     if stages > 1:
         rep.update(partition=[1] * stages, bottleneck={"bound_samples_per_s": 2 * rate, "fraction": 0.5,
                                                        "slowest_stage": 0},

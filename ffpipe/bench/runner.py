@@ -14,8 +14,6 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -52,22 +50,18 @@ def bp_command(cfg: Path, workers: int, steps: int, out: Path) -> list[str]:
             "-m", "ffpipe.cli", *common]
 
 
-def run_command(cmd: list[str], timeout: float = 1800) -> tuple[int, str, int]:
-    """Run `cmd` (OMP_NUM_THREADS=1); return (exit code, stderr tail, peak RSS in bytes of its largest process).
+def run_command(cmd: list[str], timeout: float = 1800) -> tuple[int, str]:
+    """Run `cmd` with OMP_NUM_THREADS=1; return (exit code, stderr tail). A run past `timeout` is killed.
 
-    `os.wait4` gives the child's own rusage, whose ru_maxrss covers its waited-for descendants (Linux KiB)."""
+    Memory is not read here: each trainer records its own (`ffpipe.metrics.MemoryMeter`); a child's
+    `ru_maxrss` would include its parent's high-water mark."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        return proc.returncode, err.read().decode(errors="replace")[-3000:], usage.ru_maxrss * 1024
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, errors="replace", timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -9, f"killed after {timeout:g} s"
+    return done.returncode, done.stderr[-3000:]
 
 
 def epoch_records(out: Path) -> dict[int, dict]:
@@ -78,13 +72,13 @@ def epoch_records(out: Path) -> dict[int, dict]:
 
 def timed_run(cmd: list[str], out: Path, epoch: int = 2, timeout: float = 1800) -> dict:
     """Run `cmd` (which writes run dir `out`) and return its `epoch` record with the steps that epoch ran,
-    the wall time and the process tree's peak RSS. A failed run raises RuntimeError with its stderr tail."""
+    and the wall time. A failed run raises RuntimeError with its stderr tail."""
     t0 = time.perf_counter()
-    code, err, tree_rss = run_command(cmd, timeout)
+    code, err = run_command(cmd, timeout)
     if code:
         raise RuntimeError(f"{' '.join(cmd)} failed ({code}):\n{err}")
     records = epoch_records(out)
     if epoch not in records or epoch - 1 not in records and epoch > 1:
         raise RuntimeError(f"{out}: no epoch-{epoch} record; run more steps")
     steps = records[epoch]["step"] - (records[epoch - 1]["step"] if epoch > 1 else 0)
-    return {"record": records[epoch], "steps": steps, "run_s": time.perf_counter() - t0, "tree_rss_bytes": tree_rss}
+    return {"record": records[epoch], "steps": steps, "run_s": time.perf_counter() - t0}

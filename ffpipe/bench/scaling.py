@@ -94,8 +94,7 @@ def config_text(model: dict, plan: dict, train_subset: int | None) -> str:
 def _rep(timed: dict) -> dict:
     """What one repetition keeps of its epoch-2 record."""
     record = timed["record"]
-    rep = {"samples_per_s": record["samples_per_s"], "steps": timed["steps"], "run_s": timed["run_s"],
-           "tree_rss_bytes": timed["tree_rss_bytes"]}
+    rep = {"samples_per_s": record["samples_per_s"], "steps": timed["steps"], "run_s": timed["run_s"]}
     if "stages" in record:
         rep["partition"] = [len(s["blocks"]) for s in record["stages"]]
         rep["stages"] = [{k: s[k] for k in ("blocks", "compute_s_per_step", "idle_pct", "send_blocked_pct")}
