@@ -98,8 +98,10 @@ def cmd_labels_show(args: argparse.Namespace) -> int:
 
     data = load_dataset(args.dataset, args.data_dir)
     image = data.test.images[args.index].float() / 255.0
-    encoder = make_encoder(args.encoding, data.num_classes, data.image_shape, label_set=args.label_set, k=args.k)
-    title = f"{args.encoding} labels (set {args.label_set}, K={args.k}) on {args.dataset} test #{args.index}"
+    encoder = make_encoder(args.encoding, data.num_classes, data.image_shape, label_set=args.label_set, k=args.k,
+                           k_reading=args.k_reading)
+    title = (f"{args.encoding} labels (set {args.label_set}, K={args.k}, {args.k_reading}) on {args.dataset} "
+             f"test #{args.index}")
     path = render_label_grid(encoder, image, args.out, title=title)
     print(f"wrote {path}")
     return 0
@@ -173,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", default="fourier", choices=["onehot", "fourier"])
     p.add_argument("--label-set", type=int, default=1)
     p.add_argument("--k", type=float, default=0.35)
+    p.add_argument("--k-reading", default="share", choices=["share", "blend"],
+                   help="K as the label's share of the image's intensity, or as a blend weight")
     p.add_argument("--dataset", default="fashion_mnist_small")
     p.add_argument("--data-dir")
     p.add_argument("--index", type=int, default=0, help="test image index")

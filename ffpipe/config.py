@@ -27,6 +27,7 @@ class LabelConfig:
     encoding: str = "fourier"
     label_set: int = 1
     k: float = 0.35
+    k_reading: str = "share"
     negatives: str = "random"
 
 
@@ -35,6 +36,7 @@ class DataConfig:
     name: str = "fashion_mnist_small"
     dir: str | None = None
     split_seed: int = 0
+    val_split: str = "random"
     batch_size: int = 100
     eval_batch_size: int = 500
     train_subset: int | None = None
@@ -56,6 +58,7 @@ class ModelConfig:
     activation: str = "relu"
     init: str = "default"
     norm: str = "rms"
+    preact_norm: str = "none"
     eps: float = 1e-8
 
     def per_block(self, name: str) -> list[int]:
@@ -102,6 +105,7 @@ class HeadConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     exclude_first: bool = True
+    ema_decay: float = 0.0  # > 0: the linear readout reads an average of the slices' weights (ffpipe.heads)
     readouts: list[str] = field(default_factory=lambda: ["linear", "goodness"])
 
 
@@ -148,12 +152,15 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.labels.encoding": ("onehot", "fourier", "none"),
     "data.labels.negatives": ("random",),
+    "data.val_split": ("random", "last"),
+    "data.labels.k_reading": ("share", "blend"),
     "model.type": ("linear", "conv"),
     "model.padding": ("same", "valid"),
     "model.activation": ("relu", "relu_fullgrad"),
     "model.init": ("default", "loewe"),
     "model.norm": ("rms", "group"),
-    "loss.family": ("bce", "symba", "hinge", "group_ce"),
+    "loss.family": ("bce", "symba", "ncon", "hinge", "group_ce"),
+    "model.preact_norm": ("none", "layer", "rms"),
     "loss.goodness": ("sum", "mean"),
     "loss.group_goodness": ("mean_sq", "mean"),
     "optim.name": ("adam", "adamw", "sgd"),
@@ -270,6 +277,8 @@ def _check_combinations(cfg: Config) -> None:
             raise _fail(f"model.{name}", f"has {len(getattr(m, name))} entries but model.depth is {m.depth}")
     if not 0.0 <= cfg.data.labels.k < 1.0:
         raise _fail("data.labels.k", f"must be in [0, 1), got {cfg.data.labels.k}")
+    if not 0.0 <= cfg.head.ema_decay < 1.0:
+        raise _fail("head.ema_decay", f"must be in [0, 1) (0 turns the readout average off), got {cfg.head.ema_decay}")
     if cfg.data.labels.label_set not in (1, 2):
         raise _fail("data.labels.label_set", f"must be 1 or 2, got {cfg.data.labels.label_set}")
     group = loss.family == "group_ce"

@@ -5,14 +5,16 @@ loses at most the epoch in flight and the file is readable while the run goes on
 
     {"epoch": 3, "step": 1500, "lr": 0.001, "wall_s": 12.3, "train_s": 10.1, "samples_per_s": 4950.0,
      "blocks": [{"index": 0, "loss": 0.61, "g_pos": 1.2, "g_neg": 0.8, "acc_pos": 0.7, "acc_neg": 0.65,
-                 "compute_s": 3.2, "samples_per_s": 15000.0}, ...],
+                 "acc_pair": 0.81, "compute_s": 3.2, "samples_per_s": 15000.0}, ...],
      "val": {"linear": 0.85, "goodness": 0.83, "exit": [0.7, 0.85],
              "infer_ms_per_image": {"linear": 0.02, "goodness": 0.1}}}
 
 `val` is absent on epochs without evaluation. A final record may carry `"kind": "test"` and a `test` object
-of the same shape as `val`. Per block, `g_pos`/`g_neg` are the mean goodness of positive/negative samples and
-`acc_pos`/`acc_neg` the fraction of them the block classifies correctly; the trainer computes them, this
-module only stores and shows them.
+of the same shape as `val`. Per block, `g_pos`/`g_neg` are the mean goodness of positive/negative samples,
+`acc_pos`/`acc_neg` the fraction of them on the right side of the threshold (threshold families only) and
+`acc_pair` the fraction of images whose positive goodness beats their negative's; group_ce blocks report
+`g_true`, `g_other` and their class accuracy `acc` instead (`ffpipe.nn.objective`). The trainer computes
+them, this module only stores and shows them.
 
 Memory (`MemoryMeter`): every trainer records `peak_memory_bytes` and `train_memory_bytes` of its process in
 its epoch records. On the CPU the peak resident set includes the ~300 MB torch runtime every process carries,
@@ -39,6 +41,8 @@ from rich.text import Text
 
 from ffpipe.errors import FFPipeError
 
+BLOCK_COLUMNS = ("loss", "g_pos", "g_neg", "g_true", "g_other", "acc_pos", "acc_neg", "acc_pair", "acc")
+"""Per-block statistics the epoch table shows, in this order, where the loss family reports them."""
 NOT_ACCURACIES = ("n", "infer_ms_per_image")
 """Keys of a `val`/`test` object that are not readout accuracies (sample count, per-readout timing)."""
 
@@ -181,7 +185,7 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 def _readouts_line(label: str, results: dict) -> str:
     parts = []
     for name, value in results.items():
-        if name in NOT_ACCURACIES:
+        if name in NOT_ACCURACIES or name.endswith(("_ranges", "_range")):
             continue
         if isinstance(value, list):
             parts.append(f"{name} [{', '.join(_fmt(v) for v in value)}]")
@@ -213,19 +217,13 @@ def epoch_summary(record: dict, epochs: int | None = None) -> Group:
             header += f"  head train acc {_fmt(record['head_train_acc'])}"
         parts.append(Text(header, style="bold"))
     if record.get("blocks"):
+        present = [c for c in BLOCK_COLUMNS if any(c in block for block in record["blocks"])]
         table = Table()
-        for column in ("block", "loss", "g_pos", "g_neg", "acc_pos", "acc_neg", "samples/s"):
+        for column in ["block", *present, "samples/s"]:
             table.add_column(column, justify="right")
         for block in record["blocks"]:
-            table.add_row(
-                str(block.get("index", "?")),
-                _fmt(block.get("loss")),
-                _fmt(block.get("g_pos"), ".3f"),
-                _fmt(block.get("g_neg"), ".3f"),
-                _fmt(block.get("acc_pos")),
-                _fmt(block.get("acc_neg")),
-                _fmt(block.get("samples_per_s"), ",.0f"),
-            )
+            cells = [_fmt(block.get(c), ".3f" if c.startswith("g_") else ".4f") for c in present]
+            table.add_row(str(block.get("index", "?")), *cells, _fmt(block.get("samples_per_s"), ",.0f"))
         parts.append(table)
     label = "test" if kind == "test" else "val"
     if record.get(label):

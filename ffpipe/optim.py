@@ -66,10 +66,13 @@ def lr_at(
     """Learning rate for `epoch` (1-indexed: the epoch about to run) of a run of `epochs` epochs.
 
     - `constant`: `base_lr`.
-    - `cooldown`: seed 000 eq. 3, `lr_e = (2/E) * lr * (1 + E - e)`, applied only in the second half
-      (`e > E // 2`, as in loeweX's `get_linear_cooldown_lr`); before that `lr_e = lr`. For even E the halves
-      meet at `e = E//2 + 1` (rate `lr`); for odd E the first cooled epoch runs at `(E+1)/E * lr`, a small
-      bump the equation implies and we keep. The last epoch runs at `2/E * lr`.
+    - `cooldown`: seed 000 eq. 3, `lr_e = (2/E) * lr * (1 + E - e)`, in the second half of training only,
+      with e counted from 0 as loeweX's `get_linear_cooldown_lr` counts it (its training loop is
+      `for epoch in range(E)`, and it cools when `e > E // 2`; seed 000 builds on that code, §2.4). Our
+      epochs are 1-indexed, so e = epoch − 1. For even E the rate is `lr` through e = E/2 + 1 and the last
+      epoch runs at `4/E * lr`. For odd E ≥ 3 loeweX's formula gives its first cooled epoch (E+1)/E times the
+      base rate; we cap it at `lr` (our choice: a cooldown never raises the rate), which is the only place
+      the two differ. E = 1 runs at `lr`.
     - `multistep`: `base_lr * gamma ** (number of milestones <= e - 1)`, the value torch `MultiStepLR` gives
       when stepped once at the end of every epoch (its milestones count completed epochs).
     - `cosine`: `base_lr * (1 + cos(pi * (e - 1) / E)) / 2`, i.e. torch `CosineAnnealingLR` with
@@ -82,9 +85,10 @@ def lr_at(
     if schedule == "constant":
         return base_lr
     if schedule == "cooldown":
-        if epoch <= epochs // 2:
+        done = epoch - 1  # loeweX's 0-indexed epoch
+        if done <= epochs // 2:
             return base_lr
-        return 2.0 / epochs * base_lr * (1 + epochs - epoch)
+        return min(base_lr, 2.0 / epochs * base_lr * (1 + epochs - done))
     if schedule == "multistep":
         return base_lr * gamma ** sum(1 for m in milestones if m <= epoch - 1)
     if schedule == "cosine":

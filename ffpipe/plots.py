@@ -48,7 +48,7 @@ def _readout_series(records: list[dict], key: str) -> dict[str, tuple[list[int],
     series: dict[str, tuple[list[int], list[float]]] = {}
     for r in records:
         for name, value in (r.get(key) or {}).items():
-            if name in NOT_ACCURACIES:
+            if name in NOT_ACCURACIES or name.endswith(("_ranges", "_range")):
                 continue
             for k, v in enumerate(value if isinstance(value, list) else [value], 1):
                 if isinstance(v, bool) or not isinstance(v, int | float):

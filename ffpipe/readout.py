@@ -27,9 +27,40 @@ def views_for(cfg: Config) -> list[str]:
     return views + (["overlay"] if "goodness" in readouts else [])
 
 
+def readout_blocks(cfg: Config, num_blocks: int) -> list[int]:
+    """Blocks whose scores the summed readouts add: all but block 0 when `head.exclude_first` (seed 000 §2.3).
+    Always a contiguous range that ends at the last block."""
+    skip_first = cfg.head.exclude_first and num_blocks > 1
+    return [i for i in range(num_blocks) if not (skip_first and i == 0)]
+
+
+def select_range(ranges: list[list[float | None]]) -> tuple[int, int]:
+    """The block range (start, end) with the best accuracy in a `*_ranges` table (of validation data); ties go
+    to the longer range, then to the earlier start (more blocks' evidence, less tuning to the split)."""
+    cells = [(acc, end - start, -start, start, end) for start, row in enumerate(ranges)
+             for end, acc in enumerate(row) if acc is not None]
+    _, _, _, start, end = max(cells)
+    return start, end
+
+
+def with_selected_ranges(test: dict, val: dict | None) -> dict:
+    """`test` plus, per score readout, the accuracy of the range that validation chose (`<name>_selected`)
+    and that range (`<name>_selected_range`, [start, end])."""
+    out = dict(test)
+    for key, ranges in test.items():
+        if key.endswith("_ranges") and val and key in val:
+            name = key[: -len("_ranges")]
+            start, end = select_range(val[key])
+            out[f"{name}_selected"] = ranges[start][end]
+            out[f"{name}_selected_range"] = [start, end]
+    return out
+
+
 @dataclass
 class Tally:
     readouts: list[str]
+    readout_blocks: list[int] = field(default_factory=lambda: [0])
+    range_correct: dict[str, list[list[int]]] = field(default_factory=dict)
     correct: dict[str, int] = field(default_factory=dict)
     seen: dict[str, int] = field(default_factory=dict)
     exit_correct: list[int] = field(default_factory=list)
@@ -44,15 +75,31 @@ class Tally:
         self.predictions.setdefault(name, []).append(pred.cpu())
         self.labels.setdefault(name, []).append(y.cpu())
 
+    def _count_ranges(self, name: str, scores: torch.Tensor, y: torch.Tensor) -> None:
+        """Score readouts ([blocks, B, C] per-block scores): the accuracy of every contiguous block range
+        start..end (DeeperForward's signal integrating and pruning picks one on validation data), each summed
+        in block order; the readout itself is the range of the readout blocks (seed 000 eq. 4: every block
+        but the first; seed 001's one-pass group inference: all of them)."""
+        blocks = len(scores)
+        counts = self.range_correct.setdefault(name, [[0] * blocks for _ in range(blocks)])
+        for start in range(blocks):
+            total = torch.zeros_like(scores[0])
+            for end in range(start, blocks):
+                total = total + scores[end]
+                pred = total.argmax(dim=1)
+                counts[start][end] += int((pred == y).sum())
+                if start == self.readout_blocks[0] and end == blocks - 1:
+                    self._count(name, pred, y)
+
     def add(self, packet: Packet) -> None:
         y = packet.y
         if packet.view == "overlay":
-            self._count("goodness", packet.scores.argmax(dim=1), y)
+            self._count_ranges("goodness", packet.scores, y)
         else:
             if "linear" in self.readouts and packet.logits is not None:
                 self._count("linear", packet.logits.argmax(dim=1), y)
             if "group" in self.readouts and packet.scores is not None:
-                self._count("group", packet.scores.argmax(dim=1), y)
+                self._count_ranges("group", packet.scores, y)
         if packet.exits is not None and packet.view == self.exit_view:
             self._add_exits(packet.exits, y)
 
@@ -77,6 +124,11 @@ class Tally:
         """`{"linear": acc, ..., "exit": [acc or None per stage], "infer_ms_per_image": {...}, "n": N}`."""
         out: dict = {name: self.correct[name] / self.seen[name] for name in self.correct}
         out["exit"] = [c / s if s else None for c, s in zip(self.exit_correct, self.exit_seen)]
+        for name, counts in self.range_correct.items():
+            n = self.seen[name]
+            out[f"{name}_blocks"] = [counts[k][k] / n for k in range(len(counts))]
+            out[f"{name}_ranges"] = [[row[end] / n if end >= start else None for end in range(len(row))]
+                                     for start, row in enumerate(counts)]
         timing = {}
         for name in self.correct:
             view = "overlay" if name == "goodness" else "plain"

@@ -33,7 +33,8 @@ class PacketSource:
         self.device = torch.device(device)
         lab = cfg.data.labels
         self.encoder = make_encoder(lab.encoding, dataset.num_classes, dataset.image_shape,
-                                    label_set=lab.label_set, k=lab.k, device=self.device)
+                                    label_set=lab.label_set, k=lab.k, k_reading=lab.k_reading,
+                                    device=self.device)
         self.overlays = self.encoder.overlays
         self.neutral = cfg.head.mode != "none"
 

@@ -34,12 +34,10 @@ from torch import nn
 
 from ffpipe.config import Config
 from ffpipe.errors import FFPipeError
-from ffpipe.heads import exit_predictions, head_loss, make_slice
+from ffpipe.heads import SliceAverage, exit_predictions, head_loss, make_slice
 from ffpipe.nn import BlockSpec, build_block, group_rms_norm, make_objective, rms_norm
 from ffpipe.optim import lr_at, make_optimizer, set_lr
 from ffpipe.packet import Packet
-
-STAT_NAMES = ("loss", "g_pos", "g_neg", "acc_pos", "acc_neg")
 
 
 class NonFiniteLoss(FFPipeError):
@@ -60,7 +58,7 @@ class Pending:
 
 @dataclass
 class StepMetrics:
-    stats: torch.Tensor  # [blocks, len(STAT_NAMES)], detached
+    stats: torch.Tensor  # [blocks, len(stat_names)] (the objective's `stat_names`), detached
     seconds: list[float]  # compute time per block (forward + update)
     samples: int
 
@@ -89,6 +87,7 @@ class Stage:
         if not 0 <= first < last <= len(specs):
             raise FFPipeError(f"stage blocks {first}..{last - 1} are outside the {len(specs)}-block model")
         self.cfg, self.first, self.last = cfg, first, last
+        self.num_blocks = len(specs)
         self.num_classes = num_classes
         self.device = torch.device(device)
         self.indices = list(range(first, last))
@@ -108,13 +107,15 @@ class Stage:
         self.sig_optims = [make_optimizer([obj.significance], o.name, cfg.loss.significance_lr, momentum=o.momentum)
                            if obj.significance is not None and t else None
                            for obj, t in zip(self.objectives, self.has_loss)]
-        readout = self.readout_indices(cfg, first, last, len(specs))
-        self.readout = [i in readout for i in self.indices]
+        self._readout_all = set(self.readout_indices(cfg, 0, len(specs), len(specs)))
         h = cfg.head
         self.heads: dict[int, nn.Linear] = {}
         self.head_optims: dict[int, torch.optim.Optimizer] = {}
+        self.head_averages: dict[int, SliceAverage] = {}
         for i in self.head_indices(cfg, first, last, len(specs)):
             self.heads[i] = make_slice(specs[i].units, num_classes, i, seed).to(self.device)
+            if h.ema_decay > 0:
+                self.head_averages[i] = SliceAverage(self.heads[i], h.ema_decay)
             self.head_optims[i] = make_optimizer(self.heads[i].parameters(), h.optimizer, h.lr,
                                                  momentum=h.momentum, weight_decay=h.weight_decay)
         self._features: dict[int, list[tuple[int, torch.Tensor]]] = {}
@@ -159,6 +160,11 @@ class Stage:
     def _set_mode(self, training: bool) -> None:
         self.blocks.train(training)
         self.objectives.train(training)
+
+    @property
+    def stat_names(self) -> tuple[str, ...]:
+        """The names of a block's training statistics (one loss family per network, see `Objective`)."""
+        return self.objectives[0].stat_names
 
     @property
     def lr(self) -> float:
@@ -250,9 +256,7 @@ class Stage:
             self._apply(optims)
             seconds[j] += time.perf_counter() - t0
         if pending.head_losses:
-            head = list(self.head_optims.values())
-            self._backward(head, lambda: sum(pending.head_losses).backward())
-            self._apply(head)
+            self._step_heads(lambda: sum(pending.head_losses).backward())
         metrics = StepMetrics(pending.stats, seconds, packet.n)
         self._meter.add(metrics)
         return metrics
@@ -283,9 +287,15 @@ class Stage:
         """
         saved = self._features.pop(step, [])
         if saved:
-            head = list(self.head_optims.values())
-            self._backward(head, lambda: sum((self.heads[i](f.float()) * error).sum() for i, f in saved).backward())
-            self._apply(head)
+            self._step_heads(lambda: sum((self.heads[i](f.float()) * error).sum() for i, f in saved).backward())
+
+    def _step_heads(self, backward: Callable[[], None]) -> None:
+        """One optimizer step of this stage's head slices, then their readout averages."""
+        head = list(self.head_optims.values())
+        self._backward(head, backward)
+        self._apply(head)
+        for index, average in self.head_averages.items():
+            average.update(self.heads[index])
 
     def epoch_metrics(self) -> list[dict]:
         """Per-block means over the steps since the last call, then reset."""
@@ -295,7 +305,7 @@ class Stage:
         means = (m.stats / m.steps).tolist()
         rows = []
         for index, values, secs in zip(self.indices, means, m.seconds):
-            row = {"index": index, **dict(zip(STAT_NAMES, values))}
+            row = {"index": index, **dict(zip(self.stat_names, values))}
             row.update(compute_s=secs, samples_per_s=m.samples / secs if secs > 0 else 0.0)
             rows.append(row)
         return rows
@@ -305,22 +315,32 @@ class Stage:
     def evaluate(self, packet: Packet) -> Packet:
         """Inference, no updates: add this stage's partial logits / goodness / group scores, record an exit."""
         self._set_mode(False)
-        x, logits, scores = packet.x, packet.logits, packet.scores
+        x, logits = packet.x, packet.logits
         n, c = packet.n, self.num_classes
+        scored = packet.view == "overlay" or not self.overlays
+        per_block = []
         for j, index in enumerate(self.indices):
             with self._autocast():
                 y = self._forward[j](x)
-            if self.readout[j] and packet.view == "overlay":
-                g = self.objectives[j].goodness(y, inference=True).float().view(c, n).t()
-                scores = g if scores is None else scores + g
-            elif self.readout[j] and not self.overlays:
-                s = self.objectives[j].class_scores(y).float()
-                scores = s if scores is None else scores + s
+            if scored and packet.view == "overlay":
+                per_block.append(self.objectives[j].goodness(y, inference=True).float().view(c, n).t())
+            elif scored:
+                per_block.append(self.objectives[j].class_scores(y).float())
             x = self._normalize(y)
             if packet.view == "plain" and index in self.heads:
-                part = self.heads[index](x.flatten(1).float())
+                feats = x.flatten(1).float()
+                average = self.head_averages.get(index)
+                part = average(feats, self.heads[index]) if average is not None else self.heads[index](feats)
                 logits = part if logits is None else logits + part
-        exit_from = logits if packet.view == "plain" and logits is not None else scores
+        scores = packet.scores
+        if per_block:
+            new = torch.stack(per_block)
+            scores = new if scores is None else torch.cat([scores, new])
+        readout_sum = None
+        if scores is not None:
+            rows = [i for i in range(len(scores)) if i in self._readout_all]
+            readout_sum = scores[rows].sum(dim=0) if rows else None
+        exit_from = logits if packet.view == "plain" and logits is not None else readout_sum
         out = packet.evolve(x=x, logits=logits, scores=scores)
         out.exits = packet.add_exit(exit_predictions(exit_from, n, x.device))
         return out
@@ -337,6 +357,8 @@ class Stage:
             if index in self.heads:
                 entry["head"] = self.heads[index].state_dict()
                 entry["head_optim"] = self.head_optims[index].state_dict()
+                if index in self.head_averages:
+                    entry["head_average"] = self.head_averages[index].state_dict()
             state[index] = entry
         return state
 
@@ -353,3 +375,5 @@ class Stage:
             if index in self.heads and "head" in entry:
                 self.heads[index].load_state_dict(entry["head"])
                 self.head_optims[index].load_state_dict(entry["head_optim"])
+                if index in self.head_averages and "head_average" in entry:
+                    self.head_averages[index].load_state_dict(entry["head_average"])

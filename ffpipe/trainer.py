@@ -34,7 +34,7 @@ from ffpipe.network import (
     stage_bounds,
 )
 from ffpipe.plots import plot_curves
-from ffpipe.readout import Tally, views_for
+from ffpipe.readout import Tally, readout_blocks, views_for, with_selected_ranges
 from ffpipe.source import PacketSource
 from ffpipe.stage import NonFiniteLoss, Stage
 
@@ -75,7 +75,7 @@ class Network:
         return torch.cat(losses).mean(), correct
 
     def evaluate(self, split: Split) -> Tally:
-        tally = Tally(list(self.cfg.head.readouts))
+        tally = Tally(list(self.cfg.head.readouts), readout_blocks(self.cfg, self.stages[-1].last))
         for view in views_for(self.cfg):
             t0 = time.perf_counter()
             for packet in self.source.eval_packets(split, view):
@@ -164,7 +164,7 @@ def train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
 def finish(net: Network, run_dir: Path, log: MetricsLog, val: dict | None, step: int) -> dict:
     """Final test evaluation, confusion matrix and curves; the summary also goes to metrics.jsonl."""
     tally = net.evaluate(net.dataset.test)
-    test = tally.result()
+    test = with_selected_ranges(tally.result(), val)
     primary = tally.save_confusion(run_dir, net.dataset.class_names)
     record_test(run_dir, log, step, test)
     return {"run_dir": str(run_dir), "step": step, "val": val, "test": test, "primary": primary}

@@ -44,6 +44,22 @@ def test_split_depends_on_seed_only():
     assert not torch.equal(split_train_val(images, labels, 20, split_seed=3)[1].images, other)
 
 
+def test_last_split_holds_out_the_end_of_the_file_like_loewex():
+    images, labels = toy()
+    train, val = split_train_val(images, labels, 20, split_seed=7, how="last")
+    assert val.images[:, 0, 0, 0].tolist() == list(range(80, 100))
+    assert train.images[:, 0, 0, 0].tolist() == list(range(80))
+    with pytest.raises(FFPipeError, match="val_split 'first' is not one of random, last"):
+        split_train_val(images, labels, 20, split_seed=0, how="first")
+
+
+@needs_shared_mnist
+def test_mnist_last_split_is_images_50000_to_59999():
+    last = load_dataset("mnist", SHARED_DATA / "mnist", val_split="last")
+    assert (len(last.train), len(last.val)) == (50_000, 10_000)
+    assert last.val.labels[:10].tolist() == [3, 8, 6, 9, 6, 4, 5, 3, 8, 4]
+
+
 @pytest.mark.parametrize("seed", [-1, 1.5, True])
 def test_bad_split_seed(seed):
     with pytest.raises(FFPipeError, match="split_seed must be a non-negative integer"):

@@ -182,3 +182,15 @@ def test_encoder_keeps_dtype_and_does_not_touch_its_input():
     assert out.dtype == torch.float64 and torch.equal(x, before)
     assert out.min() >= 0.0 and out.max() <= 1.0
     assert encoder.patterns.shape == (10, 3, 32, 32) and encoder.patterns.device == torch.device("cpu")
+
+
+def test_blend_reading_mixes_image_and_pattern_with_weight_k():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 8, 8, generator=g)
+    enc = make_encoder("fourier", 10, (1, 8, 8), k=0.4, k_reading="blend")
+    y = torch.tensor([0, 3, 9])
+    want = renormalize(0.6 * x + 0.4 * fourier_patterns(1, (1, 8, 8), 10)[y])
+    assert torch.allclose(enc.encode(x, y), want, atol=1e-6)
+    assert torch.allclose(enc.encode_all(x)[3 * 3:4 * 3], enc.encode(x, torch.full((3,), 3)), atol=1e-6)
+    with pytest.raises(Exception, match="K reading 'mix' is not one of share, blend"):
+        make_encoder("fourier", 10, (1, 8, 8), k=0.4, k_reading="mix")

@@ -26,7 +26,8 @@ def test_bce_hand_value_with_sum_goodness_and_threshold_units():
     loss, stats = obj.loss(y_pos, y_neg, None)
     expected = (softplus(2 - 5) + softplus(2 - 1) + softplus(1 - 2) + softplus(5 - 2)) / 4
     assert loss.item() == pytest.approx(expected, rel=1e-6)
-    assert stats.tolist() == pytest.approx([expected, 3.0, 3.0, 0.5, 0.5], rel=1e-6)
+    assert obj.stat_names == ("loss", "g_pos", "g_neg", "acc_pos", "acc_neg", "acc_pair")
+    assert stats.tolist() == pytest.approx([expected, 3.0, 3.0, 0.5, 0.5, 0.5], rel=1e-6)
     assert not stats.requires_grad and stats.dtype == torch.float32
 
 
@@ -54,7 +55,20 @@ def test_symba_hand_value():
     loss, stats = obj.loss(y_pos, y_neg, None)
     expected = (softplus(-0.5 * (5 - 1)) + softplus(-0.5 * (1 - 5))) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
-    assert stats[0].item() == pytest.approx(expected, rel=1e-6)
+    assert obj.stat_names == ("loss", "g_pos", "g_neg", "acc_pair")  # no threshold: no acc_pos / acc_neg
+    assert stats.tolist() == pytest.approx([expected, 3.0, 3.0, 0.5], rel=1e-6)
+
+
+@pytest.mark.parametrize("family", ["bce", "symba", "hinge"])
+def test_acc_pair_is_the_fraction_of_images_whose_positive_beats_its_own_negative(family):
+    obj = make_objective(LossConfig(family=family), LINEAR2, 10)
+    # g_pos = 5, 1, 4, 2 and g_neg = 1, 5, 4, 0: image 0 and 3 win, image 1 loses, image 2 ties (counts wrong)
+    y_pos = torch.tensor([[1.0, 2.0], [0.0, 1.0], [2.0, 0.0], [1.0, 1.0]])
+    y_neg = torch.tensor([[1.0, 0.0], [2.0, 1.0], [0.0, 2.0], [0.0, 0.0]])
+    _, stats = obj.loss(y_pos, y_neg, None)
+    assert dict(zip(obj.stat_names, stats.tolist()))["acc_pair"] == 0.5
+    _, stats = obj.loss(y_pos[[0, 3, 1]], y_neg[[0, 3, 1]], None)
+    assert dict(zip(obj.stat_names, stats.tolist()))["acc_pair"] == pytest.approx(2 / 3)
 
 
 def test_hinge_hand_value():
@@ -78,7 +92,8 @@ def test_group_ce_hand_value_and_class_scores():
     loss, stats = obj.loss(y, None, labels)
     expected = (math.log(math.exp(1) + math.exp(2)) - 1 + math.log(math.exp(5) + math.exp(1)) - 5) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
-    assert stats.tolist() == pytest.approx([expected, 3.0, 1.5, 0.5, 0.5], rel=1e-6)
+    assert obj.stat_names == ("loss", "g_true", "g_other", "acc")
+    assert stats.tolist() == pytest.approx([expected, 3.0, 1.5, 0.5], rel=1e-6)
 
 
 def test_group_ce_on_conv_groups_channels_and_mean_activation_option():
@@ -159,3 +174,30 @@ def test_one_sgd_step_raises_true_class_group_goodness():
     with torch.no_grad():
         after = obj.class_scores(block(x))
     assert after[mask].mean() > before[mask].mean() and after[~mask].mean() < before[~mask].mean()
+
+
+def test_symba_on_a_conv_block_with_fourier_labels_by_hand_and_one_step():
+    """The default's objective on its kind of block: each image's positive goodness rises against its own
+    negative's (the pair margin), which a threshold loss on summed conv goodness failed to do (issue 10)."""
+    from ffpipe.labels import make_encoder
+
+    spec = BlockSpec(index=1, kind="conv", in_shape=(1, 12, 12), out=4, kernel=5)
+    block = build_block(spec, seed=0)
+    obj = make_objective(LossConfig(family="symba", alpha=1.0), spec, num_classes=10)
+    enc = make_encoder("fourier", 10, (1, 12, 12), k=0.35)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 1, 12, 12, generator=g)
+    y = torch.randint(0, 10, (8,), generator=g)
+    y_neg = (y + torch.randint(1, 10, (8,), generator=g)) % 10
+    inputs = rms_norm(torch.cat([enc.encode(x, y), enc.encode(x, y_neg)]))
+    y_pos, y_neg_act = split_streams(block(inputs), 8, 2)
+    loss, stats = obj.loss(y_pos, y_neg_act, None)
+    g_pos, g_neg = (t.detach().square().sum(dim=(1, 2, 3)) for t in (y_pos, y_neg_act))
+    expected = sum(softplus(-(p - n)) for p, n in zip(g_pos.tolist(), g_neg.tolist())) / 8
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert stats[3].item() == pytest.approx(float((g_pos > g_neg).float().mean()))
+    loss.backward()
+    torch.optim.SGD(block.parameters(), lr=1e-3).step()
+    with torch.no_grad():
+        after_pos, after_neg = (obj.goodness(t) for t in split_streams(block(inputs), 8, 2))
+    assert (after_pos - after_neg).mean() > (g_pos - g_neg).mean()

@@ -11,21 +11,34 @@ def test_constant_schedule():
     assert [lr_at("constant", 0.01, e, 5) for e in range(1, 6)] == [0.01] * 5
 
 
+def loewex_cooldown(lr: float, epoch0: int, epochs: int) -> float:
+    """loeweX's `get_linear_cooldown_lr`, written out here as the reference: epoch0 counts from 0."""
+    return lr * 2 * (1 + epochs - epoch0) / epochs if epoch0 > epochs // 2 else lr
+
+
 def test_cooldown_matches_seed000_eq3_by_hand():
-    # E = 10: flat through e = 5, then lr_e = (2/10) * lr * (11 - e).
+    # E = 10, 0-indexed e = epoch - 1: flat through e = 6, then lr_e = (2/10) * lr * (11 - e).
     assert lr_at("cooldown", 1.0, 1, 10) == 1.0
-    assert lr_at("cooldown", 1.0, 5, 10) == 1.0
-    assert lr_at("cooldown", 1.0, 6, 10) == pytest.approx(1.0)
-    assert lr_at("cooldown", 1.0, 7, 10) == pytest.approx(0.8)
-    assert lr_at("cooldown", 1.0, 10, 10) == pytest.approx(0.2)
-    assert lr_at("cooldown", 5e-5, 100, 200) == 5e-5
-    assert lr_at("cooldown", 5e-5, 191, 200) == pytest.approx(5e-5 * 2 / 200 * 10)
+    assert lr_at("cooldown", 1.0, 6, 10) == 1.0
+    assert lr_at("cooldown", 1.0, 7, 10) == pytest.approx(1.0)
+    assert lr_at("cooldown", 1.0, 8, 10) == pytest.approx(0.8)
+    assert lr_at("cooldown", 1.0, 10, 10) == pytest.approx(0.4)
+    assert lr_at("cooldown", 5e-5, 101, 200) == 5e-5
+    assert lr_at("cooldown", 5e-5, 191, 200) == pytest.approx(5e-5 * 2 / 200 * 11)
 
 
-def test_cooldown_is_monotone_non_increasing_for_even_epochs():
-    lrs = [lr_at("cooldown", 1.0, e, 20) for e in range(1, 21)]
-    assert all(a >= b - 1e-12 for a, b in zip(lrs, lrs[1:], strict=False))
-    assert lrs[-1] == pytest.approx(0.1)
+def test_one_epoch_runs_at_the_base_rate():
+    assert lr_at("cooldown", 2e-3, 1, 1) == 2e-3
+
+
+@pytest.mark.parametrize("epochs", range(1, 31))
+def test_cooldown_equals_loewex_and_never_exceeds_the_base(epochs):
+    ours = [lr_at("cooldown", 1.0, e, epochs) for e in range(1, epochs + 1)]
+    theirs = [loewex_cooldown(1.0, e0, epochs) for e0 in range(epochs)]
+    assert max(ours) == 1.0
+    assert ours == pytest.approx([min(1.0, t) for t in theirs])
+    if epochs % 2 == 0 or epochs == 1:  # loeweX's own schedule never exceeds the base for these E
+        assert ours == pytest.approx(theirs)
 
 
 def test_multistep_by_hand():

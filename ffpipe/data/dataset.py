@@ -72,15 +72,27 @@ def check_split_seed(split_seed: int) -> None:
         raise FFPipeError(f"split_seed must be a non-negative integer, got {split_seed!r}")
 
 
+VAL_SPLITS = ("random", "last")
+
+
 def split_train_val(
-    images: torch.Tensor, labels: torch.Tensor, val_size: int, split_seed: int
+    images: torch.Tensor, labels: torch.Tensor, val_size: int, split_seed: int, how: str = "random"
 ) -> tuple[Split, Split]:
-    """Hold out a seeded random `val_size` of the official training set; both parts keep file order."""
+    """Hold out `val_size` images of the official training set; both parts keep file order.
+
+    `random` (ours, seed 000 §2.2 does not say which 10,000): a subset drawn with `split_seed`. `last`: the
+    last `val_size` images of the file, as loeweX's code holds out MNIST images 50,000..59,999, so curves
+    compare like for like with it (that block is easier than a random draw: the file is not shuffled).
+    """
     check_split_seed(split_seed)
     n = int(labels.shape[0])
     if not 0 < val_size < n:
         raise FFPipeError(f"cannot hold out {val_size} validation samples from {n} training samples")
-    perm = np.random.default_rng(split_seed).permutation(n)
+    if how not in VAL_SPLITS:
+        raise FFPipeError(f"data.val_split '{how}' is not one of {', '.join(VAL_SPLITS)}")
     is_val = torch.zeros(n, dtype=torch.bool)
-    is_val[torch.from_numpy(perm[:val_size])] = True
+    if how == "last":
+        is_val[n - val_size:] = True
+    else:
+        is_val[torch.from_numpy(np.random.default_rng(split_seed).permutation(n)[:val_size])] = True
     return Split(images[~is_val], labels[~is_val]), Split(images[is_val], labels[is_val])

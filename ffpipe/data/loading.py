@@ -68,7 +68,8 @@ def _read_embedded(spec: DatasetSpec) -> Dataset:
 
 
 def load_located(
-    name: str, data_dir: str | os.PathLike | None = None, split_seed: int = 0, download: bool = True
+    name: str, data_dir: str | os.PathLike | None = None, split_seed: int = 0, download: bool = True,
+    val_split: str = "random",
 ) -> tuple[Dataset, Location]:
     """`load_dataset`, also returning how the files were found (for `data_info`)."""
     spec = get_spec(name)
@@ -78,28 +79,31 @@ def load_located(
         return dataset, Location(catalog.EMBEDDED_DIR, "package", {})
     location = locate(spec, data_dir, download)
     official_train, test = _read_official(spec, location.files)
-    train, val = split_train_val(official_train.images, official_train.labels, spec.val_size, split_seed)
+    train, val = split_train_val(official_train.images, official_train.labels, spec.val_size, split_seed,
+                                 val_split)
     dataset = Dataset(spec.name, train, val, test, spec.num_classes, spec.class_names, str(location.path))
     return dataset, location
 
 
 def load_dataset(
-    name: str, data_dir: str | os.PathLike | None = None, split_seed: int = 0, download: bool = True
+    name: str, data_dir: str | os.PathLike | None = None, split_seed: int = 0, download: bool = True,
+    val_split: str = "random",
 ) -> Dataset:
     """Load dataset `name` (one of `DATASETS`) with its fixed train/val/test split.
 
     `data_dir` is searched first (see `ffpipe.data.locate` for the full order); `split_seed` picks the
-    validation subset of the official training set; `download=False` turns a missing dataset into an error
-    instead of a fetch. `fashion_mnist_small` is read from the package and ignores all three.
+    validation subset of the official training set (`val_split`: see `split_train_val`); `download=False`
+    turns a missing dataset into an error instead of a fetch. `fashion_mnist_small` is read from the package
+    and ignores all four.
     """
-    return load_located(name, data_dir, split_seed, download)[0]
+    return load_located(name, data_dir, split_seed, download, val_split)[0]
 
 
 def load_for_config(data) -> Dataset:
     """The dataset a run's `data` config section asks for: `load_dataset`, then, if `train_subset` is set, the
     first `train_subset` training images of a permutation seeded by `split_seed` (our choice, for experiments
     that sweep many models on a CPU; val and test are never cut). Class balance is left to the draw."""
-    dataset = load_dataset(data.name, data.dir, data.split_seed)
+    dataset = load_dataset(data.name, data.dir, data.split_seed, val_split=data.val_split)
     n = data.train_subset
     if n is None:
         return dataset

@@ -24,12 +24,14 @@ def make_encoder(
     *,
     label_set: int = 1,
     k: float = 0.35,
+    k_reading: str = "share",
     device: torch.device | str = "cpu",
 ) -> LabelEncoder:
     """The encoder for `encoding`, its patterns precomputed on `device`.
 
-    `label_set` (1 or 2) and `k` (the label intensity K in [0, 1), see fourier.py) only apply to "fourier"
-    and are ignored otherwise. Seed 000's best MNIST result uses set 1 with K = 0.35, hence the defaults.
+    `label_set` (1 or 2), `k` (the label intensity K in [0, 1)) and `k_reading` (how K mixes label and
+    image, see fourier.py) only apply to "fourier" and are ignored otherwise. Seed 000's best MNIST result
+    uses set 1 with K = 0.35, hence the defaults.
     """
     if encoding not in ENCODINGS:
         raise FFPipeError(f"unknown label encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
@@ -43,7 +45,7 @@ def make_encoder(
         raise FFPipeError(f"not a torch device: {device!r}") from None
 
     if encoding == "fourier":
-        return FourierEncoder(num_classes, shape, label_set, k, target)
+        return FourierEncoder(num_classes, shape, label_set, k, target, k_reading)
     if encoding == "onehot":
         pixels = shape[0] * shape[1] * shape[2]
         if num_classes > pixels:

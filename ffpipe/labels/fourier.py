@@ -25,6 +25,9 @@ a is about 0.5. The blend reading would instead give the label two thirds of an 
 K = 0.35. K = 0 returns the image unchanged up to the renormalization; as K grows the result approaches the
 pattern.
 
+`data.labels.k_reading: blend` selects the blend instead, so the two readings can be compared (seed 000
+Fig. 5 puts the best K between 35% and 65%; `benchmarks/results/reproduction/` has the K sweep of both).
+
 A black image (sum(x) = 0) cannot take a share of its own intensity; we treat its mean as 1e-6, so any K > 0
 gives it the pure label pattern after renormalization.
 
@@ -59,6 +62,12 @@ def renormalize(z: Tensor) -> Tensor:
     return (z - low) / torch.where(span > 0, span, torch.ones_like(span))
 
 
+def blend(x: Tensor, pattern: Tensor, pattern_mean: Tensor, k: float) -> Tensor:
+    """renormalize((1 - K) * x + K * pattern): the other reading of K (module docstring)."""
+    del pattern_mean  # the blend does not depend on the image's or the pattern's intensity
+    return renormalize((1.0 - k) * x + k * pattern.to(x.dtype))
+
+
 def superpose(x: Tensor, pattern: Tensor, pattern_mean: Tensor, k: float) -> Tensor:
     """renormalize(x + a * pattern) with a = K/(1-K) * mean(x) / mean(pattern) (module docstring).
 
@@ -69,6 +78,9 @@ def superpose(x: Tensor, pattern: Tensor, pattern_mean: Tensor, k: float) -> Ten
     image_mean = torch.mean(x, dim=_IMAGE_DIMS, dtype=torch.float32).clamp_min(DARK_MEAN)
     weight = (k / (1.0 - k)) * image_mean / pattern_mean
     return renormalize(x + weight[..., None, None, None].to(x.dtype) * pattern.to(x.dtype))
+
+
+K_READINGS = {"share": superpose, "blend": blend}
 
 
 class FourierEncoder(LabelEncoder):
@@ -83,13 +95,17 @@ class FourierEncoder(LabelEncoder):
         label_set: int,
         k: float,
         device: torch.device,
+        k_reading: str = "share",
     ) -> None:
         self.num_classes = num_classes
         self.image_shape = image_shape
         self.device = device
         self.label_set = label_set
         self.k = check_intensity(k)
-        self.description = f"fourier set {label_set}, K={self.k:g}"
+        if k_reading not in K_READINGS:
+            raise FFPipeError(f"K reading '{k_reading}' is not one of {', '.join(K_READINGS)}")
+        self._superpose = K_READINGS[k_reading]
+        self.description = f"fourier set {label_set}, K={self.k:g} ({k_reading})"
         self.patterns = fourier_patterns(label_set, image_shape, num_classes).to(device)
         self.pattern_means = self.patterns.mean(dim=(1, 2, 3))
         self.neutral_pattern = self.patterns.mean(dim=0)
@@ -97,13 +113,13 @@ class FourierEncoder(LabelEncoder):
 
     def encode(self, x: Tensor, y: Tensor) -> Tensor:
         self._check_labels(x, y)
-        return superpose(x, self.patterns[y], self.pattern_means[y], self.k)
+        return self._superpose(x, self.patterns[y], self.pattern_means[y], self.k)
 
     def neutral(self, x: Tensor) -> Tensor:
         self._check_images(x)
-        return superpose(x, self.neutral_pattern, self.neutral_mean, self.k)
+        return self._superpose(x, self.neutral_pattern, self.neutral_mean, self.k)
 
     def encode_all(self, x: Tensor) -> Tensor:
         self._check_images(x)
-        labelled = superpose(x[None], self.patterns[:, None], self.pattern_means[:, None], self.k)
+        labelled = self._superpose(x[None], self.patterns[:, None], self.pattern_means[:, None], self.k)
         return labelled.reshape(self.num_classes * x.shape[0], *x.shape[1:])

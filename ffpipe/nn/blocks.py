@@ -57,6 +57,7 @@ class BlockSpec:
     batchnorm: bool = False
     activation: str = "relu"
     init: str = "default"
+    preact_norm: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "in_shape", tuple(int(s) for s in self.in_shape))
@@ -150,7 +151,12 @@ class FFBlock(nn.Module):
             x = x.flatten(1)
         if self.bn is not None:
             x = self.bn(x)
-        y = self.act(self.layer(x))
+        z = self.layer(x)
+        if self.spec.preact_norm == "layer":
+            z = F.layer_norm(z, z.shape[1:])
+        elif self.spec.preact_norm == "rms":
+            z = z * (z.square().mean(dim=tuple(range(1, z.dim())), keepdim=True) + 1e-8).rsqrt()
+        y = self.act(z)
         if self.spec.pool:
             y = F.max_pool2d(y, self.spec.pool)
         return y
@@ -202,7 +208,8 @@ def block_specs(model_cfg, input_shape: tuple[int, int, int]) -> list[BlockSpec]
     shape = tuple(input_shape)
     for i in range(model_cfg.depth):
         common = dict(index=i, kind=model_cfg.type, in_shape=shape, out=widths[i],
-                      batchnorm=model_cfg.batchnorm, activation=model_cfg.activation, init=model_cfg.init)
+                      batchnorm=model_cfg.batchnorm, activation=model_cfg.activation, init=model_cfg.init,
+                      preact_norm=model_cfg.preact_norm)
         if model_cfg.type == "conv":
             spec = BlockSpec(**common, kernel=kernels[i], stride=model_cfg.stride, padding=model_cfg.padding,
                              pool=pools[i])

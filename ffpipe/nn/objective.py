@@ -70,6 +70,11 @@ def split_streams(t: Tensor, n: int, k: int) -> tuple[Tensor, ...]:
     return tuple(t.split(n, dim=0))
 
 
+def pair_accuracy(g_pos: Tensor, g_neg: Tensor) -> Tensor:
+    """The fraction of rows i with g_pos[i] > g_neg[i] (a tie counts as wrong)."""
+    return (g_pos > g_neg).float().mean()
+
+
 def _sum_dims(t: Tensor) -> tuple[int, ...]:
     return tuple(range(1, t.dim()))
 
@@ -109,19 +114,29 @@ class Objective(nn.Module):
         """The family's loss on per-sample goodnesses of the positive and negative streams."""
         raise NotImplementedError
 
+    stat_names: tuple[str, ...] = ("loss", "g_pos", "g_neg", "acc_pos", "acc_neg", "acc_pair")
+    """What `loss` reports per block, in order; `acc_pair` for every family with a negative stream."""
+
     def loss(
         self, y_pos: Tensor, y_neg: Tensor | None, labels: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """(scalar loss incl. peer term, detached stats [loss, mean g_pos, mean g_neg, acc_pos, acc_neg])."""
+        """(scalar loss incl. peer term, detached stats in the order of `stat_names`)."""
         if y_neg is None:
             raise ValueError(f"loss family {type(self).__name__} needs the negative stream")
         g_pos, g_neg = self.goodness(y_pos), self.goodness(y_neg)
         total = self._add_peer(self.contrast(g_pos, g_neg), y_pos)
         with torch.no_grad():
-            acc_pos = (g_pos > self.threshold).float().mean()
-            acc_neg = (g_neg < self.threshold).float().mean()
-            stats = torch.stack([total.detach().float(), g_pos.mean(), g_neg.mean(), acc_pos, acc_neg])
+            stats = self._stats(total.detach().float(), g_pos, g_neg)
         return total, stats
+
+    def _stats(self, total: Tensor, g_pos: Tensor, g_neg: Tensor) -> Tensor:
+        """Row i of the positive and of the negative stream is the same image (the packet's layout), so
+        `acc_pair`, the fraction of images whose positive goodness beats their own negative's, needs no
+        threshold: it is the pairwise form of the goodness readout (seed 000 eq. 4) and means the same for
+        every family. `acc_pos`/`acc_neg` are the threshold accuracies (seed 000 §2.2)."""
+        acc_pos = (g_pos > self.threshold).float().mean()
+        acc_neg = (g_neg < self.threshold).float().mean()
+        return torch.stack([total, g_pos.mean(), g_neg.mean(), acc_pos, acc_neg, pair_accuracy(g_pos, g_neg)])
 
     def class_scores(self, y: Tensor, inference: bool = True) -> Tensor:
         raise TypeError(f"{type(self).__name__} has no class groups; class_scores needs loss.family group_ce")
@@ -142,9 +157,14 @@ class BCEObjective(Objective):
 class SymbaObjective(Objective):
     """softplus(−α (g_pos − g_neg)) over positive/negative pairs (SymBa; Trifecta code)."""
 
+    stat_names = ("loss", "g_pos", "g_neg", "acc_pair")  # no threshold, so no threshold accuracies
+
     def __init__(self, cfg: LossConfig, spec: BlockSpec, num_classes: int):
         super().__init__(cfg, spec, num_classes)
         self.alpha = cfg.alpha
+
+    def _stats(self, total: Tensor, g_pos: Tensor, g_neg: Tensor) -> Tensor:
+        return torch.stack([total, g_pos.mean(), g_neg.mean(), pair_accuracy(g_pos, g_neg)])
 
     def contrast(self, g_pos: Tensor, g_neg: Tensor) -> Tensor:
         if g_pos.shape != g_neg.shape:
@@ -168,11 +188,13 @@ class HingeObjective(Objective):
 class GroupCEObjective(Objective):
     """Channel-wise competitive cross-entropy over class groups (seed 001 eqs. 2-3); no negatives.
 
-    Stats: (loss, mean G of the true class, mean G of the other classes, class accuracy, class accuracy);
-    accuracy is repeated so the stats keep the [5] layout of the other families. `threshold` is unused (0).
+    Stats: the loss, the mean G of the true class (`g_true`) and of the other classes (`g_other`), and `acc`,
+    the fraction of samples whose largest group is the true class (the block's own one-pass accuracy).
+    `threshold` is unused (0).
     """
 
     needs_negatives = False
+    stat_names = ("loss", "g_true", "g_other", "acc")
 
     def __init__(self, cfg: LossConfig, spec: BlockSpec, num_classes: int):
         super().__init__(cfg, spec, num_classes)
@@ -203,7 +225,7 @@ class GroupCEObjective(Objective):
             true = scores.gather(1, labels[:, None]).squeeze(1)
             other = (scores.sum(dim=1) - true) / (self.num_classes - 1)
             acc = (scores.argmax(dim=1) == labels).float().mean()
-            stats = torch.stack([total.detach().float(), true.mean(), other.mean(), acc, acc])
+            stats = torch.stack([total.detach().float(), true.mean(), other.mean(), acc])
         return total, stats
 
 

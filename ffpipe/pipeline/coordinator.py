@@ -21,6 +21,7 @@ from ffpipe.checkpoint import checkpoint_dir, prune_checkpoints, write_manifest
 from ffpipe.config import Config, to_dict
 from ffpipe.metrics import MetricsLog, TrainView
 from ffpipe.pipeline.control import Control
+from ffpipe.readout import with_selected_ranges
 from ffpipe.trainer import record_test
 
 
@@ -45,16 +46,19 @@ class LiveTable:
         self._thread: threading.Thread | None = None
 
     def _table(self) -> Table:
+        """Per stage: its blocks' mean loss and local accuracy (`acc_pair` for pos/neg families, the group
+        accuracy `acc` for group_ce)."""
+        snaps = self.control.read_live(self.stages)
+        acc_name = next((s["acc_name"] for s in snaps if s is not None), "acc_pair")
         table = Table(title="ffpipe pipeline")
-        for name in ("stage", "epoch", "step", "samples/s", "idle %", "loss", "acc pos", "acc neg"):
+        for name in ("stage", "epoch", "step", "samples/s", "idle %", "loss", acc_name.replace("_", " ")):
             table.add_column(name, justify="right")
-        for k, snap in enumerate(self.control.read_live(self.stages)):
+        for k, snap in enumerate(snaps):
             if snap is None:
-                table.add_row(str(k), *["-"] * 7)
+                table.add_row(str(k), *["-"] * 6)
                 continue
             table.add_row(str(k), str(snap["epoch"]), str(snap["step"]), f"{snap['samples_per_s']:,.0f}",
-                          f"{100 * snap['idle']:.1f}", f"{snap['loss']:.4f}", f"{snap['acc_pos']:.3f}",
-                          f"{snap['acc_neg']:.3f}")
+                          f"{100 * snap['idle']:.1f}", f"{snap['loss']:.4f}", f"{snap['acc']:.3f}")
         return table
 
     def _run(self) -> None:
@@ -82,6 +86,7 @@ class Coordinator:
         self.log = MetricsLog(run_dir / "metrics.jsonl")
         self.view = TrainView(1, cfg.train.epochs, enabled=False)
         self.summary: dict = {}
+        self.last_val: dict | None = None
 
     def epoch_done(self, step: int, epoch: int, evaluated: bool) -> dict:
         key = f"epoch/{epoch}/{step}"
@@ -98,7 +103,7 @@ class Coordinator:
                   "bottleneck": {"bound_samples_per_s": bound, "fraction": achieved / bound if bound else 0.0,
                                  "slowest_stage": per_step.index(max(per_step))}}
         if evaluated and result["eval"] is not None:
-            record["val"] = result["eval"]
+            record["val"] = self.last_val = result["eval"]
         record["wall_s"] = wall
         self.log.write(record)
         self.view.epoch_summary(record)
@@ -116,6 +121,6 @@ class Coordinator:
         return record
 
     def finished(self, step: int) -> None:
-        test = self.control.get(f"epoch/0/{step}/result")["eval"]
+        test = with_selected_ranges(self.control.get(f"epoch/0/{step}/result")["eval"], self.last_val)
         record_test(self.run_dir, self.log, step, test)
         self.summary = {"run_dir": str(self.run_dir), "step": step, "test": test}

@@ -31,7 +31,7 @@ from ffpipe.metrics import MemoryMeter
 from ffpipe.packet import VIEWS, Packet
 from ffpipe.pipeline.control import Control
 from ffpipe.pipeline.wire import Kind, Message, Receiver, Sender
-from ffpipe.readout import Tally, views_for
+from ffpipe.readout import Tally, readout_blocks, views_for
 from ffpipe.source import PacketSource
 from ffpipe.stage import Stage
 
@@ -63,9 +63,11 @@ class Links:
     errors_out: dict[int, Sender]
 
     def close(self) -> None:
+        """Orderly end of every channel: each has carried its STOP; senders wait until it was received,
+        receivers until it arrived (see `Receiver.close`)."""
         for sender in [self.next, *self.errors_out.values()]:
             if sender is not None:
-                sender.flush()
+                sender.close()
         for receiver in (self.prev, self.errors_in):
             if receiver is not None:
                 receiver.close()
@@ -90,7 +92,8 @@ class StageWorker:
     def _reset_epoch(self) -> None:
         self.steps = self.errors_applied = self.seen = 0
         self.head_correct = 0.0
-        self.tally = {split: Tally(list(self.cfg.head.readouts)) for split in SPLITS}
+        self.tally = {split: Tally(list(self.cfg.head.readouts), readout_blocks(self.cfg, self.stage.num_blocks))
+                      for split in SPLITS}
         self.t0 = self.train_end = time.perf_counter()
         self.train_idle = 0.0
 
@@ -118,10 +121,12 @@ class StageWorker:
         self.train_idle = wait
         if not self.reports:
             return
-        stats = metrics.stats.mean(dim=0).tolist()
+        stats = dict(zip(self.stage.stat_names, metrics.stats.mean(dim=0).tolist()))
+        headline = "acc_pair" if "acc_pair" in stats else "acc"
         elapsed = time.perf_counter() - self.t0
         self.control.publish_live({"step": packet.step, "epoch": packet.epoch, "samples_per_s": self.seen / elapsed,
-                                   "idle": wait / elapsed, "loss": stats[0], "acc_pos": stats[3], "acc_neg": stats[4]})
+                                   "idle": wait / elapsed, "loss": stats["loss"], "acc": stats[headline],
+                                   "acc_name": headline})
 
     def _apply_error(self) -> None:
         msg = self.links.errors_in.recv()
@@ -192,6 +197,8 @@ class StageWorker:
                 self.end_epoch(msg.step, msg.epoch, True)
             elif msg.kind == Kind.STOP:
                 self.send_control(Kind.STOP, msg.step, msg.epoch)
+                for sender in self.links.errors_out.values():
+                    sender.send(Kind.STOP, msg.step, msg.epoch)
                 return
 
     # -- epoch boundary ---------------------------------------------------------------------------------------

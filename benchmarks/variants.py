@@ -1,0 +1,125 @@
+"""Train named variants of one config side by side and tabulate what each learned.
+
+    python benchmarks/variants.py --config CFG --out DIR [--set k=v ...] \\
+        --variant NAME:k=v,k=v ... [--variant ...] [--title TEXT]
+
+Every variant is a real `ffpipe train` run (one after another, never two at once) of CFG with the shared
+`--set` overrides and then its own. DIR gets one run directory per variant plus:
+- results.json: per variant its overrides, wall time, per-epoch validation readouts, per-block `acc_pair`
+  (or the threshold accuracies / group accuracy, whichever the loss family reports) and per-block goodness
+  readout accuracy, and the final test readouts;
+- results.md: one row per variant;
+- curves.png: validation linear and goodness/group accuracy per epoch, one line per variant.
+A variant whose run directory already holds a test record is read, not retrained, so an interrupted study
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ffpipe.metrics import read_records
+from ffpipe.plots import save_png, subplots
+
+READOUTS = ("linear", "goodness", "group")
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, sets = text.partition(":")
+    return name, [s for s in sets.split(",") if s]
+
+
+def train(config: str, shared: list[str], own: list[str], run_dir: Path) -> float:
+    cmd = [sys.executable, "-m", "ffpipe.cli", "train", "--config", config, "--out", str(run_dir),
+           "--set", "train.progress=false"]
+    for item in shared + own:
+        cmd += ["--set", item]
+    t0 = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"variant {run_dir.name} failed:\n{result.stderr[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def summarize(name: str, own: list[str], run_dir: Path, seconds: float | None) -> dict:
+    records = read_records(run_dir / "metrics.jsonl")
+    epochs = [r for r in records if "blocks" in r]
+    test = next(r["test"] for r in records if r.get("kind") == "test")
+    last = epochs[-1]
+    local = {key: [b.get(key) for b in last["blocks"]] for key in ("acc_pair", "acc_pos", "acc_neg", "acc")
+             if any(key in b for b in last["blocks"])}
+    val = [{"epoch": r["epoch"], **{k: r["val"][k] for k in READOUTS if k in r["val"]}} for r in epochs if "val" in r]
+    return {"name": name, "overrides": own, "seconds": seconds, "train_s": sum(r["train_s"] for r in epochs),
+            "epochs": last["epoch"], "local": local, "val": val,
+            "val_blocks": {k: v for k, v in epochs[-1].get("val", {}).items() if k.endswith("_blocks")},
+            "test": {k: test[k] for k in test if k in READOUTS or k.endswith("_blocks")}}
+
+
+def markdown(rows: list[dict], title: str, command: str) -> str:
+    lines = [f"# {title}\n", f"`{command}`\n",
+             f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, one run at a time.\n",
+             "| variant | overrides | epochs | train s | local accuracy per block (last epoch) | "
+             "goodness/group readout per block (val) | test linear | test goodness/group |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        local = "; ".join(f"{k} " + " ".join(f"{v:.2f}" for v in vals if v is not None)
+                          for k, vals in r["local"].items())
+        blocks = "; ".join(" ".join(f"{v:.2f}" for v in vals) for vals in r["val_blocks"].values())
+        scored = r["test"].get("goodness", r["test"].get("group"))
+        lines.append(f"| {r['name']} | {', '.join(r['overrides']) or '-'} | {r['epochs']} | {r['train_s']:.0f} | "
+                     f"{local} | {blocks or '-'} | {r['test'].get('linear', float('nan')):.4f} | "
+                     f"{'-' if scored is None else f'{scored:.4f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    fig, axes = subplots(1, 2, figsize=(11, 4))
+    for i, r in enumerate(rows):
+        epochs = [v["epoch"] for v in r["val"]]
+        for ax, key in zip(axes, ("linear", "scored")):
+            ys = [v.get("goodness", v.get("group")) if key == "scored" else v.get("linear") for v in r["val"]]
+            if any(y is not None for y in ys):
+                ax.plot(epochs, ys, marker=".", color=f"C{i % 10}", label=r["name"])
+    axes[0].set(title="validation, linear readout", xlabel="epoch", ylabel="accuracy")
+    axes[1].set(title="validation, goodness (or group) readout", xlabel="epoch", ylabel="accuracy")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--set", dest="shared", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--variant", action="append", required=True, metavar="NAME:k=v,k=v")
+    parser.add_argument("--title", default="Variants")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for text in args.variant:
+        name, own = parse_variant(text)
+        run_dir = out / name
+        done = (run_dir / "metrics.jsonl").is_file() and any(
+            r.get("kind") == "test" for r in read_records(run_dir / "metrics.jsonl"))
+        seconds = None if done else train(args.config, args.shared, own, run_dir)
+        rows.append(summarize(name, own, run_dir, seconds))
+        print(f"{name}: test {rows[-1]['test']}", flush=True)
+    command = "python benchmarks/variants.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    (out / "results.json").write_text(json.dumps({"command": command, "machine": platform.platform(),
+                                                  "variants": rows}, indent=1))
+    (out / "results.md").write_text(markdown(rows, args.title, command))
+    plot(rows, out / "curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
