@@ -19,16 +19,19 @@ import torch
 import torch.distributed as dist
 
 from ffpipe.errors import FFPipeError
-from ffpipe.pipeline.wire import (
+from ffpipe.pipeline.envelope import (
+    HEADER_BYTES,
+    INLINE_MAX_BYTES,
     MAX_NDIM,
     MAX_TENSORS,
-    Kind,
-    PeerError,
-    Receiver,
-    Sender,
+    Envelope,
     decode_header,
     encode_header,
+    envelope_bytes,
+    next_envelope_bytes,
+    specs_of,
 )
+from ffpipe.pipeline.wire import Kind, PeerError, Receiver, Sender
 
 STEPS = 50
 _CTX = mp.get_context("forkserver")
@@ -150,8 +153,11 @@ def _payload_bytes(step: int) -> int:
 def test_header_round_trip_and_limits():
     tensors = [torch.zeros(2, 3, dtype=torch.bfloat16), torch.zeros((), dtype=torch.int64),
                torch.zeros([1] * MAX_NDIM, dtype=torch.float16), torch.zeros(0, 4)]
-    values = encode_header(Kind.EVAL, 7, 3, tensors)
-    assert decode_header(values, peer=1) == (Kind.EVAL, 7, 3, [(tuple(t.shape), t.dtype) for t in tensors])
+    values = encode_header(Kind.EVAL, 7, 3, tensors, inline=True, next_bytes=4096)
+    header = decode_header(values, peer=1)
+    assert (header.kind, header.step, header.epoch) == (Kind.EVAL, 7, 3)
+    assert header.specs == [(tuple(t.shape), t.dtype) for t in tensors]
+    assert header.inline and header.next_bytes == 4096
     with pytest.raises(FFPipeError, match="at most"):
         encode_header(Kind.TRAIN, 0, 0, [torch.zeros(1)] * (MAX_TENSORS + 1))
     with pytest.raises(FFPipeError, match="dimensions"):
@@ -162,14 +168,32 @@ def test_header_round_trip_and_limits():
         decode_header([v + 1 for v in values], peer=1)
 
 
+def test_an_envelope_carries_mixed_dtypes_inline_at_aligned_offsets():
+    tensors = [torch.arange(3, dtype=torch.int16), torch.tensor([True, False]), torch.randn(2, 3).bfloat16(),
+               torch.zeros(0), torch.arange(5, dtype=torch.float64).reshape(5, 1)[::2]]  # a strided view too
+    specs = specs_of(tensors)
+    size = envelope_bytes(specs)
+    assert size == HEADER_BYTES + 8 + 8 + 16 + 0 + 24
+    sent, received = Envelope(size, torch.device("cpu")), Envelope(size, torch.device("cpu"))
+    sent.write(encode_header(Kind.TRAIN, 1, 0, tensors, inline=True, next_bytes=size), tensors, specs)
+    received.buffer.copy_(sent.buffer)  # what the wire does between the two processes
+    header = decode_header(received.header(), peer=0)
+    for got, want in zip(received.views(header.specs), tensors, strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    big = specs_of([torch.zeros(INLINE_MAX_BYTES // 4 + 1)])
+    assert next_envelope_bytes(specs) == size and next_envelope_bytes(big) == HEADER_BYTES
+
+
 def test_three_stage_chain_delivers_every_message_exactly():
     got, _ = _launch(_stage_chain, 3, 2)
     assert got[2]["wrong"] == []
     assert got[2]["seen"] == _expected_kinds()
     sent = got[0]
     assert sent["messages"] == STEPS + 2
-    header_bytes = (STEPS + 2) * 1024
-    assert sent["bytes"] == header_bytes + sum(_payload_bytes(step) for step in range(STEPS))
+    # each envelope has the size the previous message promised: the first just a header (its payload
+    # follows it), every later one room for the previous payload (rank 0 sends the payloads of _payload)
+    sizes = [HEADER_BYTES] + [envelope_bytes(specs_of(_payload(step))) for step in range(STEPS)] + [HEADER_BYTES]
+    assert sent["bytes"] == sum(sizes) + _payload_bytes(0) + _payload_bytes(STEPS // 2)
     assert got[1]["messages"] == STEPS + 2 and got[1]["bytes"] == sent["bytes"]
 
 
@@ -209,40 +233,43 @@ def test_every_depth_delivers_the_same_stream_in_order():
         assert {epoch for _, epoch, _ in trace} == {depth}
 
 
-def _counting(step: int) -> list[torch.Tensor]:
-    return [torch.full((64, 32), float(step)), torch.arange(8) + step]
+def _counting(step: int, rows: int) -> list[torch.Tensor]:
+    return [torch.full((rows, 32), float(step)), torch.arange(8) + step]
 
 
-def _reuse(rank: int) -> object:
-    """Warm-up fills every buffer the receiver can need: rank 1 holds message 0 while its pump takes
-    messages 1 and 2 (depth 2), which rank 0's flush confirms. Afterwards no buffer may be added."""
+def _reuse(rank: int, rows: int) -> object:
+    """A steady stream allocates nothing: the caller holds one message and the pump at most `depth` = 2 more,
+    so at most three messages' buffers ever exist. Returns the allocation count after every recv(), the
+    distinct buffers message tensors lived in (message 0 aside, which is sent before the receiver knows its
+    size), and whether every message arrived intact."""
     if rank == 0:
         out = Sender(1, depth=2, timeout_s=10)
         for step in range(40):
-            out.send(Kind.TRAIN, step, 0, _counting(step))
-            if step == 2:
-                out.flush()
-                dist.barrier()
+            out.send(Kind.TRAIN, step, 0, _counting(step, rows))
         out.send(Kind.STOP, 40, 0)
         out.flush()
         return out.stats()
     inp = Receiver(0, depth=2, timeout_s=10)
-    first = inp.recv()
-    dist.barrier()
-    allocations, pointers, ok = [inp.stats()["allocations"]], {first.tensors[0].data_ptr()}, True
+    allocations, pointers, ok = [], set(), True
     while (msg := inp.recv()).kind != Kind.STOP:
         allocations.append(inp.stats()["allocations"])
-        pointers.add(msg.tensors[0].data_ptr())
-        ok &= all(torch.equal(got, want) for got, want in zip(msg.tensors, _counting(msg.step), strict=True))
+        if msg.step:
+            pointers.add(msg.tensors[0].data_ptr())
+        ok &= all(torch.equal(got, want) for got, want in zip(msg.tensors, _counting(msg.step, rows), strict=True))
     return {"allocations": allocations, "pointers": len(pointers), "ok": ok}
 
 
-def test_receive_and_send_buffers_are_reused_after_warm_up():
-    got, _ = _launch(_reuse, 2)
+@pytest.mark.parametrize("rows", [64, 4096], ids=["inline", "separate"])
+def test_receive_and_send_buffers_are_reused_after_warm_up(rows):
+    got, _ = _launch(_reuse, 2, rows)
     assert got[1]["ok"]
-    assert got[1]["allocations"] == [2 * 3] * 40  # two tensors for each of depth + 1 messages
-    assert got[1]["pointers"] == 3
-    assert got[0]["allocations"] <= 2 * 2  # two tensors for each of depth messages in flight
+    # Inline (8 KiB per message): three envelopes in circulation, plus message 0's header-only envelope and
+    # its two tensors, which it carried separately. Separate (512 KiB, over INLINE_MAX_BYTES): three
+    # messages of a header-only envelope and two tensors each.
+    most = 3 + 1 + 2 if rows == 64 else 3 * 3
+    assert len(got[1]["allocations"]) == 40 and max(got[1]["allocations"]) <= most
+    assert got[1]["pointers"] <= 3
+    assert got[0]["allocations"] <= most  # at most depth messages in flight, likewise
 
 
 def _dead_middle(rank: int) -> object:

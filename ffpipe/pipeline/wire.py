@@ -1,16 +1,15 @@
 """Messages between two stage processes over torch.distributed point-to-point ops.
 
-A message is a fixed-size int64 header followed by its payload tensors, each sent as its own contiguous
-tensor. The header comes first because gloo's `irecv` must be posted with the exact byte size of what
-arrives: the receiver learns kinds, dtypes and shapes from the header and only then posts the payload
-receives. Senders and receivers post their ops in the same order, so nothing relies on tags, which NCCL
+What a message looks like in bytes is `ffpipe.pipeline.envelope`'s business: an envelope of a size the
+receiver knows in advance, with the payload inline when it fits, so a steady stream costs one transfer per
+message. Senders and receivers post their ops in the same order, so nothing relies on tags, which NCCL
 ignores.
 
 Overlap. gloo moves a payload only once the matching `irecv` is posted, and its works cannot be polled
 (`is_completed()` stays False until `wait()`), while `wait(timeout=...)` closes the connection when it
 expires. So each endpoint owns one background thread that blocks in `wait()` (which releases the GIL):
-- the `Receiver`'s pump receives up to `depth` messages ahead into reused buffers, header then payload,
-  so a message crosses the wire while the caller still computes on the previous one;
+- the `Receiver`'s pump receives up to `depth` messages ahead into reused buffers, so a message crosses
+  the wire while the caller still computes on the previous one;
 - the `Sender`'s completion thread waits for the oldest sends to finish; `send` returns at once unless
   `depth` messages are still in flight.
 The caller's thread only waits on a condition variable, in slices, so it can honour `timeout_s` and an
@@ -33,25 +32,29 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from enum import IntEnum
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 import torch.distributed as dist
 
 from ffpipe.errors import FFPipeError
+from ffpipe.pipeline.envelope import (
+    HEADER_BYTES,
+    LAST_KINDS,
+    Envelope,
+    Kind,
+    Message,
+    PeerError,
+    decode_header,
+    encode_header,
+    envelope_bytes,
+    next_envelope_bytes,
+    specs_of,
+)
 
-# 1 KiB of header is noise next to any real payload and describes 16 tensors of up to 5 dimensions
-# (5 + 16 * (2 + 5) = 117 of 128 slots): room for a packet of activations, labels and accumulators.
-HEADER_LEN = 128
-MAX_TENSORS = 16
-MAX_NDIM = 5
-HEADER_BYTES = HEADER_LEN * 8
-MAGIC = 0x66667069  # "ffpi": a header that does not start with it means the two sides lost step
-_FIELDS = 5  # magic, kind, step, epoch, tensor count; then per tensor: dtype code, ndim, MAX_NDIM dims
+__all__ = ["Kind", "Message", "PeerError", "Receiver", "Sender", "configure_process"]
+
 _POLL_S = 0.2  # how often a blocked caller runs abort_check
-
 _SWITCH_INTERVAL_S = 5e-4
 
 
@@ -60,74 +63,6 @@ def configure_process() -> None:
     5 ms GIL switch interval a finished receive can wait that long for the compute thread to let go
     (measured: 4.9 ms vs 0.9 ms per small message), so the interval is cut to 0.5 ms."""
     sys.setswitchinterval(_SWITCH_INTERVAL_S)
-
-
-_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-           torch.int16, torch.int8, torch.uint8, torch.bool)
-_CODE_OF = {dtype: code for code, dtype in enumerate(_DTYPES, start=1)}
-
-
-class Kind(IntEnum):
-    """What a message means to the schedule. The wire itself only treats STOP and ERROR apart: each is
-    the last message of its channel."""
-
-    TRAIN = 1
-    EVAL = 2
-    EPOCH_END = 3
-    STOP = 4
-    ERROR = 5
-
-
-_LAST_KINDS = (Kind.STOP, Kind.ERROR)
-_KIND_VALUES = frozenset(int(kind) for kind in Kind)
-TensorSpec = tuple[tuple[int, ...], torch.dtype]
-
-
-@dataclass
-class Message:
-    """A received message; its tensors are views of the receiver's reused buffers (see `Receiver`)."""
-
-    kind: Kind
-    step: int
-    epoch: int
-    tensors: list[torch.Tensor]
-
-
-class PeerError(FFPipeError):
-    """The other end of a channel died, timed out, was aborted, or sent something unreadable."""
-
-    def __init__(self, message: str, peer: int):
-        super().__init__(message)
-        self.peer = peer
-
-
-def encode_header(kind: Kind, step: int, epoch: int, tensors: Sequence[torch.Tensor]) -> list[int]:
-    """The header's HEADER_LEN integers; FFPipeError for what the fixed layout cannot describe."""
-    if len(tensors) > MAX_TENSORS:
-        raise FFPipeError(f"a message holds at most {MAX_TENSORS} tensors, got {len(tensors)}")
-    values = [MAGIC, int(kind), int(step), int(epoch), len(tensors)]
-    for i, tensor in enumerate(tensors):
-        if tensor.dtype not in _CODE_OF:
-            raise FFPipeError(f"tensor {i} has dtype {tensor.dtype}, which the wire cannot send")
-        if tensor.dim() > MAX_NDIM:
-            raise FFPipeError(f"tensor {i} has {tensor.dim()} dimensions; the wire sends at most {MAX_NDIM}")
-        shape = list(tensor.shape)
-        values += [_CODE_OF[tensor.dtype], len(shape)] + shape + [0] * (MAX_NDIM - len(shape))
-    return values + [0] * (HEADER_LEN - len(values))
-
-
-def decode_header(values: list[int], peer: int) -> tuple[Kind, int, int, list[TensorSpec]]:
-    """(kind, step, epoch, [(shape, dtype)]) from a received header; PeerError if it is not one."""
-    count = values[4]
-    if values[0] != MAGIC or values[1] not in _KIND_VALUES or not 0 <= count <= MAX_TENSORS:
-        raise PeerError(f"garbled message header from rank {peer}: the two sides are out of step", peer)
-    specs = []
-    for i in range(count):
-        code, ndim, *dims = values[_FIELDS + i * (2 + MAX_NDIM):_FIELDS + (i + 1) * (2 + MAX_NDIM)]
-        if not (1 <= code <= len(_DTYPES) and 0 <= ndim <= MAX_NDIM):
-            raise PeerError(f"garbled tensor {i} in a message header from rank {peer}", peer)
-        specs.append((tuple(dims[:ndim]), _DTYPES[code - 1]))
-    return Kind(values[1]), values[2], values[3], specs
 
 
 def _complete(works: list, device: torch.device) -> None:
@@ -211,54 +146,66 @@ class _Endpoint:
 
 
 class _BufferPool:
-    """Reusable tensors by (shape, dtype), so a steady stream allocates nothing. A tensor given back with
-    a CUDA event is reused only after that event (the last use on the giver's stream)."""
+    """Reusable buffers (tensors by (shape, dtype), envelopes by size), so a steady stream allocates nothing.
+    A buffer given back with a CUDA event is reused only after that event (the last use on the giver's
+    stream)."""
 
     def __init__(self, end: _Endpoint):
         self._end = end
-        self._free: dict[TensorSpec, list[tuple[torch.Tensor, torch.cuda.Event | None]]] = {}
+        self._free: dict[Hashable, list[tuple[object, torch.cuda.Event | None]]] = {}
         self.allocations = 0
 
-    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    def _take(self, key: Hashable, make: Callable[[], object]):
         with self._end.cond:
-            free = self._free.get((shape, dtype))
+            free = self._free.get(key)
             found = free.pop() if free else None
             if found is None:
                 self.allocations += 1
         if found is None:
-            return torch.empty(shape, dtype=dtype, device=self._end.device)
-        tensor, event = found
+            return make()
+        item, event = found
         if event is not None:
             torch.cuda.current_stream(self._end.device).wait_event(event)
-        return tensor
+        return item
 
-    def give_back(self, tensors: list[torch.Tensor], event: torch.cuda.Event | None) -> None:
+    def tensor(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        return self._take((shape, dtype), lambda: torch.empty(shape, dtype=dtype, device=self._end.device))
+
+    def envelope(self, size: int) -> Envelope:
+        return self._take(size, lambda: Envelope(size, self._end.device))
+
+    def give_back(self, items: list[torch.Tensor | Envelope], event: torch.cuda.Event | None) -> None:
         with self._end.cond:
-            for tensor in tensors:
-                self._free.setdefault((tuple(tensor.shape), tensor.dtype), []).append((tensor, event))
+            for item in items:
+                key = item.buffer.numel() if isinstance(item, Envelope) else (tuple(item.shape), item.dtype)
+                self._free.setdefault(key, []).append((item, event))
 
 
 class Sender:
     """Sends messages to `peer`; up to `depth` of them may be in flight before `send` blocks.
 
-    `send` copies each tensor into a staging buffer, pooled by (shape, dtype) like the receiver's, and
-    returns: the caller may modify or reuse its tensors at once, and a stage may forward tensors it just
-    got from a `Receiver`, whose buffers are overwritten after the next `recv()` (without the copy, the
-    three-stage test of this module sees such forwarded tensors corrupted). The copy is one memory pass:
-    about 0.1 ms for a [300, 2000] float32 tensor on a 2-core CPU, against 2-5 ms to move it over gloo.
+    A payload that travels inline is copied into the envelope. A larger one is sent from staging copies,
+    pooled by (shape, dtype) like the receiver's buffers, so the caller may modify or reuse its tensors at
+    once, and a stage may forward tensors it just got from a `Receiver`, whose buffers are overwritten
+    after the next `recv()` (without the copy, the three-stage test of this module sees such forwarded
+    tensors corrupted). `copy=False` hands large tensors over instead: the caller promises never to modify
+    them, the wire keeps a reference until they have left, and a memory pass per message is saved (on a
+    2-core CPU a 4 MiB copy costs about 0.3 ms against 0.75 ms to move the bytes over loopback gloo).
     """
 
     def __init__(self, peer: int, *, depth: int = 2, device: torch.device | str = "cpu", group=None,
                  timeout_s: float = 60.0, abort_check: Callable[[], str | None] | None = None):
         self._end = _Endpoint(peer, depth, device, group, timeout_s, abort_check)
         self._pool = _BufferPool(self._end)
-        self._pending: deque[tuple[Kind, list, list[torch.Tensor]]] = deque()
+        self._pending: deque[tuple[Kind, list, list[torch.Tensor], list[torch.Tensor]]] = deque()
         self._in_flight = 0
         self._closed = False
+        self._promised = HEADER_BYTES  # the size of the next envelope, as the receiver expects it
         self.reset_stats()
         self._thread = self._end.start(self._complete_sends, "ffpipe-send")
 
-    def send(self, kind: Kind, step: int, epoch: int, tensors: Sequence[torch.Tensor] = ()) -> None:
+    def send(self, kind: Kind, step: int, epoch: int, tensors: Sequence[torch.Tensor] = (), *,
+             copy: bool = True) -> None:
         end = self._end
         kind = Kind(kind)
         if self._closed:
@@ -266,22 +213,34 @@ class Sender:
         for i, tensor in enumerate(tensors):
             if tensor.device != end.device:
                 raise FFPipeError(f"tensor {i} is on {tensor.device}, but this wire sends from {end.device}")
-        header = torch.tensor(encode_header(kind, step, epoch, tensors), dtype=torch.int64, device=end.device)
+        specs = specs_of(tensors)
+        inline = envelope_bytes(specs) <= self._promised
+        header = encode_header(kind, step, epoch, tensors, inline, next_envelope_bytes(specs))
         self._blocked_s += end.wait_for(lambda: self._in_flight < end.depth,
                                         f"sending {kind.name} step {step} (all {end.depth} send slots busy)")
-        staged = [self._pool.take(tuple(t.shape), t.dtype).copy_(t.detach()) for t in tensors]
+        envelope = self._pool.envelope(self._promised)
+        envelope.write(header, tensors if inline else (), specs)
+        pooled, held = [envelope], []
+        if not inline:
+            for t in tensors:
+                if copy:
+                    pooled.append(self._pool.tensor(tuple(t.shape), t.dtype).copy_(t.detach()))
+                else:
+                    held.append(t.detach().contiguous())
+        buffers = [envelope.buffer, *pooled[1:], *held]
         try:
-            works = [dist.isend(t, end.peer, group=end.group) for t in [header, *staged] if t.numel()]
+            works = [dist.isend(t, end.peer, group=end.group) for t in buffers if t.numel()]
         except RuntimeError as exc:
             end.fail_from(exc, f"sending {kind.name} step {step}")
             raise end.error from None
         with end.cond:
             self._in_flight += 1
-            self._pending.append((kind, works, staged))
+            self._pending.append((kind, works, pooled, held))
             end.cond.notify_all()
-        self._bytes += HEADER_BYTES + sum(t.numel() * t.element_size() for t in staged)
+        self._bytes += sum(t.numel() * t.element_size() for t in buffers)
         self._messages += 1
-        self._closed = kind in _LAST_KINDS
+        self._promised = header[6]
+        self._closed = kind in LAST_KINDS
 
     def flush(self) -> None:
         """Block until every message sent so far has left."""
@@ -308,18 +267,18 @@ class Sender:
         while True:
             with end.cond:
                 end.cond.wait_for(lambda: self._pending)
-                kind, works, staged = self._pending[0]
+                kind, works, pooled, _ = self._pending[0]
             try:
                 _complete(works, end.device)
             except BaseException as exc:
                 end.fail_from(exc, f"sending {kind.name}")
                 return
-            self._pool.give_back(staged, None)
+            self._pool.give_back(pooled, None)
             with end.cond:
-                self._pending.popleft()
+                self._pending.popleft()  # drops the references to handed-over tensors too
                 self._in_flight -= 1
                 end.cond.notify_all()
-            if kind in _LAST_KINDS:
+            if kind in LAST_KINDS:
                 return
 
 
@@ -335,11 +294,10 @@ class Receiver:
     def __init__(self, peer: int, *, depth: int = 2, device: torch.device | str = "cpu", group=None,
                  timeout_s: float = 60.0, abort_check: Callable[[], str | None] | None = None):
         self._end = _Endpoint(peer, depth, device, group, timeout_s, abort_check)
-        self._header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self._end.device)
         self._pool = _BufferPool(self._end)
-        self._ready: deque[Message] = deque()
+        self._ready: deque[tuple[Message, list, int]] = deque()  # message, its buffers, bytes
         self._held = 0  # messages the pump is receiving or has ready, not yet taken by recv()
-        self._lent: list[torch.Tensor] = []  # the buffers of the message the caller holds
+        self._lent: list = []  # the buffers of the message the caller holds
         self._ended = False
         self.reset_stats()
         self._thread = self._end.start(self._pump, "ffpipe-recv")
@@ -352,14 +310,13 @@ class Receiver:
         # What already arrived is delivered before a failure of the pump is reported.
         idle = 0.0 if self._ready else end.wait_for(lambda: bool(self._ready), "waiting for the next message")
         with end.cond:
-            message = self._ready.popleft()
+            message, self._lent, nbytes = self._ready.popleft()
             self._held -= 1
             end.cond.notify_all()
-        self._lent = list(message.tensors)
         self._idle_s += idle
-        self._bytes += HEADER_BYTES + sum(t.numel() * t.element_size() for t in message.tensors)
+        self._bytes += nbytes
         self._messages += 1
-        self._ended = message.kind in _LAST_KINDS
+        self._ended = message.kind in LAST_KINDS
         return message
 
     def stats(self) -> dict:
@@ -381,7 +338,7 @@ class Receiver:
         end = self._end
         while not self._ended:
             message = self.recv()
-            if message.kind not in _LAST_KINDS:
+            if message.kind not in LAST_KINDS:
                 raise PeerError(f"rank {end.peer} sent {message.kind.name} step {message.step} after this side "
                                 "stopped reading", end.peer)
         self._give_back_lent()
@@ -403,23 +360,29 @@ class Receiver:
     def _pump(self) -> None:
         end = self._end
         _use_own_stream(end.device)
-        what = "receiving a message header"
+        size, what = HEADER_BYTES, "receiving a message"
         try:
             while True:
                 with end.cond:
                     end.cond.wait_for(lambda: self._held < end.depth)
                     self._held += 1
-                _complete([dist.irecv(self._header, end.peer, group=end.group)], end.device)
-                kind, step, epoch, specs = decode_header(self._header.tolist(), end.peer)
-                what = f"receiving the tensors of {kind.name} step {step}"
-                tensors = [self._pool.take(shape, dtype) for shape, dtype in specs]
-                works = [dist.irecv(t, end.peer, group=end.group) for t in tensors if t.numel()]
-                _complete(works, end.device)
+                envelope = self._pool.envelope(size)
+                _complete([dist.irecv(envelope.buffer, end.peer, group=end.group)], end.device)
+                header = decode_header(envelope.header(), end.peer)
+                buffers, nbytes = [envelope], size
+                if header.inline:
+                    tensors = envelope.views(header.specs)
+                else:
+                    what = f"receiving the tensors of {header.kind.name} step {header.step}"
+                    tensors = [self._pool.tensor(shape, dtype) for shape, dtype in header.specs]
+                    _complete([dist.irecv(t, end.peer, group=end.group) for t in tensors if t.numel()], end.device)
+                    buffers += tensors
+                    nbytes += sum(t.numel() * t.element_size() for t in tensors)
                 with end.cond:
-                    self._ready.append(Message(kind, step, epoch, tensors))
+                    self._ready.append((Message(header.kind, header.step, header.epoch, tensors), buffers, nbytes))
                     end.cond.notify_all()
-                if kind in _LAST_KINDS:
+                if header.kind in LAST_KINDS:
                     return
-                what = "receiving a message header"
+                size, what = header.next_bytes, "receiving a message"
         except BaseException as exc:
             end.fail_from(exc, what)

@@ -39,7 +39,9 @@ SPLITS = ("val", "test")
 
 
 def pack(p: Packet, split: str = "val") -> list[torch.Tensor]:
-    """A packet as wire tensors; absent accumulators travel as empty tensors (the wire sends no bytes)."""
+    """A packet as wire tensors; absent accumulators travel as empty tensors (the wire sends no bytes).
+    Every tensor is fresh or a clone (`unpack`), and nothing modifies a packet's tensors after they are
+    sent, so the worker hands them to the wire without a staging copy (`Sender.send(copy=False)`)."""
     empty = torch.empty(0, device=p.x.device)
     meta = torch.tensor([VIEWS.index(p.view), SPLITS.index(split)], dtype=torch.long, device=p.x.device)
     return [p.x, p.y, meta] + [t if t is not None else empty for t in (p.logits, p.scores, p.exits)]
@@ -103,7 +105,7 @@ class StageWorker:
             raise RuntimeError(f"injected fault (FFPIPE_FAULT) at step {packet.step}")
         out, pending = self.stage.forward(packet)
         if self.links.next is not None:
-            self.links.next.send(Kind.TRAIN, packet.step, packet.epoch, pack(out))
+            self.links.next.send(Kind.TRAIN, packet.step, packet.epoch, pack(out), copy=False)
         metrics = self.stage.update(pending, packet)
         self.steps += 1
         self.seen += packet.n
@@ -112,7 +114,7 @@ class StageWorker:
             if self.cfg.head.mode == "joint":
                 error = joint_error(out.logits, out.y)
                 for sender in self.links.errors_out.values():
-                    sender.send(Kind.TRAIN, packet.step, packet.epoch, [error])
+                    sender.send(Kind.TRAIN, packet.step, packet.epoch, [error], copy=False)
                 self.stage.head_backward(packet.step, error)
         if self.has_error_channel and self.steps > self.lag:
             self._apply_error()
@@ -136,7 +138,7 @@ class StageWorker:
     def eval_step(self, packet: Packet, split: str) -> None:
         out = self.stage.evaluate(packet)
         if self.links.next is not None:
-            self.links.next.send(Kind.EVAL, 0, packet.epoch, pack(out, split))
+            self.links.next.send(Kind.EVAL, 0, packet.epoch, pack(out, split), copy=False)
         else:
             self.tally[split].add(out)
 
