@@ -29,6 +29,7 @@ class LabelConfig:
     k: float = 0.35
     k_reading: str = "share"
     negatives: str = "random"
+    negatives_per_image: int = 1  # distinct wrong labels per image, each its own negative stream
 
 
 @dataclass
@@ -173,7 +174,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 READOUTS = ("linear", "goodness", "group")
 POSITIVE = {
-    "data.batch_size", "data.eval_batch_size", "data.train_subset", "model.depth", "model.width", "model.kernel",
+    "data.batch_size", "data.eval_batch_size", "data.labels.negatives_per_image", "data.train_subset",
+    "model.depth", "model.width", "model.kernel",
     "model.stride", "model.eps", "train.epochs", "train.eval_every", "train.max_steps", "pipeline.stages",
     "pipeline.queue_depth", "pipeline.replicas", "run.keep_checkpoints",
 }
@@ -286,6 +288,8 @@ def _check_combinations(cfg: Config) -> None:
         raise _fail("data.labels.encoding", "loss.family group_ce takes the plain image: set it to 'none'")
     if not group and cfg.data.labels.encoding == "none":
         raise _fail("data.labels.encoding", f"'none' only works with loss.family group_ce, not {loss.family}")
+    if group and cfg.data.labels.negatives_per_image != 1:
+        raise _fail("data.labels.negatives_per_image", "group_ce has no negative stream; leave it at 1")
     if m.norm == "group" and not group:
         raise _fail("model.norm", "'group' normalization needs loss.family group_ce")
     if group and "goodness" in cfg.head.readouts:

@@ -13,6 +13,7 @@ import torch
 from ffpipe.config import Config
 from ffpipe.errors import FFPipeError
 from ffpipe.nn import BlockSpec, block_specs
+from ffpipe.packet import negative_streams
 from ffpipe.partition import partition
 from ffpipe.source import PacketSource
 from ffpipe.stage import Stage
@@ -31,7 +32,7 @@ def specs_for(cfg: Config, input_shape: tuple[int, int, int]) -> list[BlockSpec]
 
 
 def stage_bounds(cfg: Config, specs: list[BlockSpec], seconds: list[float] | None = None) -> list[tuple[int, int]]:
-    return partition(specs, cfg.pipeline.stages, cfg.pipeline.partition, cfg.loss.family != "group_ce", seconds)
+    return partition(specs, cfg.pipeline.stages, cfg.pipeline.partition, negative_streams(cfg), seconds)
 
 
 def measure_block_seconds(cfg: Config, dataset, specs: list[BlockSpec], device: torch.device,

@@ -7,7 +7,7 @@ call so the weight gradient skips them. The row layout is fixed by the packet's 
 
 | view      | rows of `x`                                    | used by                          |
 |-----------|------------------------------------------------|----------------------------------|
-| `train`   | pos B, neg B, neutral B (overlay families)     | Stage.step                       |
+| `train`   | pos B, neg k·B, neutral B (overlay families)   | Stage.step                       |
 |           | image B (group_ce: no overlay, no negatives)   |                                  |
 | `plain`   | neutral B (or the image for group_ce)          | linear / group readouts, exits   |
 | `overlay` | C·B rows, label-major: rows kB:(k+1)B = label k | goodness readout (seed 000 eq. 4) |
@@ -23,6 +23,12 @@ from dataclasses import dataclass, replace
 import torch
 
 VIEWS = ("train", "plain", "overlay")
+
+
+def negative_streams(cfg) -> int:
+    """Negative streams per image in a train packet: `data.labels.negatives_per_image`, or 0 for group_ce,
+    whose packets carry the plain image only (`cfg` is an `ffpipe.config.Config`)."""
+    return 0 if cfg.loss.family == "group_ce" else cfg.data.labels.negatives_per_image
 
 
 @dataclass
@@ -41,12 +47,14 @@ class Packet:
         """Samples in the minibatch (not rows of `x`)."""
         return len(self.y)
 
-    def rows(self, stream: str, overlays: bool) -> slice:
-        """Rows of `x` holding `stream` ("pos", "neg", "neutral") in a train packet."""
+    def rows(self, stream: str, negatives: int) -> slice:
+        """Rows of `x` holding `stream` ("pos", "neg", "neutral") in a train packet with `negatives` negative
+        streams per image (0: group_ce's one plain stream). Negative stream i holds rows (1+i)B..(2+i)B."""
         n = self.n
-        if not overlays:
+        if not negatives:
             return slice(0, n)
-        return {"pos": slice(0, n), "neg": slice(n, 2 * n), "neutral": slice(2 * n, 3 * n)}[stream]
+        return {"pos": slice(0, n), "neg": slice(n, (1 + negatives) * n),
+                "neutral": slice((1 + negatives) * n, (2 + negatives) * n)}[stream]
 
     def evolve(self, **changes) -> Packet:
         return replace(self, **changes)

@@ -3,11 +3,12 @@
 A pipeline runs at the pace of its slowest stage (the bottleneck bound), so `flops` (default) minimizes the
 largest stage's estimated training cost, and `measured` does the same with block times measured for a few
 steps on the real device (`ffpipe.network.measure_block_seconds`). Our cost model per sample and block, with
-F = the block's forward FLOPs per sample (`BlockSpec.flops`): the forward pass runs the 3 streams (pos, neg,
-neutral) and the weight gradient the 2 that carry a loss (`Stage` runs the neutral rows without autograd;
-BatchNorm blocks run all 3 with autograd, a detail the estimate ignores); block inputs are detached, so no
-input gradient:
-    cost = 3F + 2F = 5F   (overlay families),   cost = 2F (group_ce: one stream, forward + weight grad).
+F = the block's forward FLOPs per sample (`BlockSpec.flops`) and k negative streams: the forward pass runs
+the 2 + k streams (pos, k neg, neutral) and the weight gradient the 1 + k that carry a loss (`Stage` runs
+the neutral rows without autograd; BatchNorm blocks run all with autograd, a detail the estimate ignores);
+block inputs are detached, so no input gradient:
+    cost = (2 + k)F + (1 + k)F   (overlay families; 5F for k = 1),   cost = 2F (group_ce, k = 0: one
+    stream, forward + weight grad).
 The constant factor does not change the partition; it makes the printed estimate comparable across models.
 """
 
@@ -17,8 +18,9 @@ from ffpipe.errors import FFPipeError
 from ffpipe.nn import BlockSpec
 
 
-def block_costs(specs: list[BlockSpec], overlays: bool = True) -> list[int]:
-    return [(5 if overlays else 2) * s.flops() for s in specs]
+def block_costs(specs: list[BlockSpec], negatives: int = 1) -> list[int]:
+    factor = 3 + 2 * negatives if negatives else 2
+    return [factor * s.flops() for s in specs]
 
 
 def min_max_split(costs: list[int], parts: int) -> list[int]:
@@ -46,7 +48,7 @@ def min_max_split(costs: list[int], parts: int) -> list[int]:
 
 
 def partition(specs: list[BlockSpec], stages: int, how: str | list[int] = "flops",
-              overlays: bool = True, seconds: list[float] | None = None) -> list[tuple[int, int]]:
+              negatives: int = 1, seconds: list[float] | None = None) -> list[tuple[int, int]]:
     """Return `[(first, last_exclusive), ...]`, one per stage; `measured` needs the per-block `seconds`."""
     n = len(specs)
     if stages < 1 or stages > n:
@@ -58,7 +60,7 @@ def partition(specs: list[BlockSpec], stages: int, how: str | list[int] = "flops
     elif how == "equal":
         counts = [n // stages + (1 if s < n % stages else 0) for s in range(stages)]
     elif how == "flops":
-        counts = min_max_split(block_costs(specs, overlays), stages)
+        counts = min_max_split(block_costs(specs, negatives), stages)
     elif how == "measured":
         if seconds is None or len(seconds) != n:
             raise FFPipeError("partition 'measured' needs one measured time per block")
@@ -78,11 +80,11 @@ def block_params(spec: BlockSpec) -> int:
     return spec.in_shape[0] * spec.kernel * spec.kernel * spec.out + spec.out
 
 
-def partition_table(specs: list[BlockSpec], bounds: list[tuple[int, int]], overlays: bool = True,
+def partition_table(specs: list[BlockSpec], bounds: list[tuple[int, int]], negatives: int = 1,
                     seconds: list[float] | None = None) -> str:
     """The table printed at start: blocks, parameters, estimated training FLOPs per sample and each stage's
     share of them (of the measured time per step, when the partition was measured)."""
-    costs = block_costs(specs, overlays)
+    costs = block_costs(specs, negatives)
     shares = seconds or costs
     total, total_share = sum(costs) or 1, sum(shares) or 1
     head = "ms/step share" if seconds else "share"

@@ -1,5 +1,8 @@
 """Stage 0's job: turn minibatches of images into packets of positive, negative and neutral streams.
 
+With `data.labels.negatives_per_image` = k, every image appears under k distinct wrong labels, one negative
+stream each (k = 1 is the papers' setting).
+
 Negative sampling lives here, at the head of the network, with a generator seeded by (seed, step) only, so
 the stream of packets is the same whatever the partition into stages and wherever a run was resumed, even
 in the middle of an epoch.
@@ -14,9 +17,9 @@ import torch
 
 from ffpipe.config import Config
 from ffpipe.data import Dataset, Split, epoch_batches, num_batches
-from ffpipe.labels import make_encoder, sample_negatives
+from ffpipe.labels import make_encoder, sample_distinct_negatives
 from ffpipe.nn import rms_norm
-from ffpipe.packet import Packet
+from ffpipe.packet import Packet, negative_streams
 
 
 def derived_seed(*parts: int) -> int:
@@ -36,6 +39,7 @@ class PacketSource:
                                     label_set=lab.label_set, k=lab.k, k_reading=lab.k_reading,
                                     device=self.device)
         self.overlays = self.encoder.overlays
+        self.negatives = negative_streams(cfg)
         self.neutral = cfg.head.mode != "none"
 
     @property
@@ -56,8 +60,8 @@ class PacketSource:
         for i, (x, y) in enumerate(batches, start=start_step):
             if self.overlays:
                 gen.manual_seed(derived_seed(seed, first_step + i + 1))
-                y_neg = sample_negatives(y, self.dataset.num_classes, gen)
-                streams = [self.encoder.encode(x, y), self.encoder.encode(x, y_neg)]
+                wrong = sample_distinct_negatives(y, self.dataset.num_classes, self.negatives, gen)
+                streams = [self.encoder.encode(x, y)] + [self.encoder.encode(x, y_neg) for y_neg in wrong]
                 if self.neutral:
                     streams.append(self.encoder.neutral(x))
                 x = torch.cat(streams)

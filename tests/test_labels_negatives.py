@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ffpipe.errors import FFPipeError
-from ffpipe.labels import sample_hard_negatives, sample_negatives
+from ffpipe.labels import sample_distinct_negatives, sample_hard_negatives, sample_negatives
 
 
 @settings(max_examples=60, deadline=None)
@@ -92,3 +92,21 @@ def test_negative_argument_errors():
         sample_negatives(torch.tensor([0, 0]), 1)
     with pytest.raises(FFPipeError, match="integer tensor"):
         sample_negatives(torch.tensor([0.5]), 10)
+
+
+@pytest.mark.parametrize("count", [1, 3, 9])
+def test_distinct_negatives_are_wrong_distinct_and_uniform(count):
+    y = torch.randint(0, 10, (20000,), generator=torch.Generator().manual_seed(0))
+    wrong = torch.stack(sample_distinct_negatives(y, 10, count, torch.Generator().manual_seed(1)))
+    assert wrong.shape == (count, 20000) and bool((wrong != y).all())
+    assert all(len(set(column.tolist())) == count for column in wrong.t())
+    offsets = torch.bincount(((wrong - y) % 10).flatten(), minlength=10)[1:].float()
+    assert offsets.min() / offsets.max() > 0.85  # every wrong label about equally often
+
+
+def test_one_distinct_negative_is_the_plain_draw_and_too_many_is_refused():
+    y = torch.arange(10)
+    one = sample_distinct_negatives(y, 10, 1, torch.Generator().manual_seed(5))
+    assert torch.equal(one[0], sample_negatives(y, 10, torch.Generator().manual_seed(5)))
+    with pytest.raises(FFPipeError, match="negatives_per_image must be in 1..9"):
+        sample_distinct_negatives(y, 10, 10)

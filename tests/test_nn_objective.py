@@ -59,6 +59,17 @@ def test_symba_hand_value():
     assert stats.tolist() == pytest.approx([expected, 3.0, 3.0, 0.5], rel=1e-6)
 
 
+def test_symba_with_two_negatives_is_the_softmax_over_the_three_labels():
+    obj = make_objective(LossConfig(family="symba", alpha=0.5), LINEAR2, 10)
+    y_pos = torch.tensor([[1.0, 2.0], [0.0, 1.0]])  # g = 5, 1
+    y_neg = torch.tensor([[1.0, 0.0], [2.0, 1.0], [0.0, 0.0], [1.0, 1.0]])  # stream 1: g = 1, 5; stream 2: 0, 2
+    loss, stats = obj.loss(y_pos, y_neg, None)
+    image0 = -math.log(math.exp(2.5) / (math.exp(2.5) + math.exp(0.5) + math.exp(0.0)))
+    image1 = -math.log(math.exp(0.5) / (math.exp(0.5) + math.exp(2.5) + math.exp(1.0)))
+    assert loss.item() == pytest.approx((image0 + image1) / 2, rel=1e-6)
+    assert stats[3].item() == pytest.approx(2 / 4)  # image 0 beats both negatives, image 1 neither
+
+
 @pytest.mark.parametrize("family", ["bce", "symba", "hinge"])
 def test_acc_pair_is_the_fraction_of_images_whose_positive_beats_its_own_negative(family):
     obj = make_objective(LossConfig(family=family), LINEAR2, 10)

@@ -117,3 +117,18 @@ def test_negatives_never_carry_the_true_label():
         neg_label = packet.x[n:2 * n, 0].flatten(1)[:, :10].argmax(dim=1)
         assert torch.equal(pos_label, packet.y)
         assert bool((neg_label != packet.y).all())
+
+
+def test_k_negative_streams_carry_distinct_wrong_labels_and_train():
+    cfg, source, (stage,) = build(["data.labels.negatives_per_image=3", "loss.family=symba"])
+    packet = next(source.train_packets(epoch=1))
+    n = packet.n
+    assert len(packet.x) == 5 * n  # pos, 3 negatives, neutral
+    labels = [packet.x[k * n:(k + 1) * n].flatten(1)[:, :10].argmax(dim=1) for k in range(4)]
+    assert torch.equal(labels[0], packet.y)
+    for i in range(1, 4):
+        assert bool((labels[i] != packet.y).all())
+        for j in range(1, i):
+            assert bool((labels[i] != labels[j]).all())
+    _, metrics = stage.step(packet)
+    assert stage.stat_names == ("loss", "g_pos", "g_neg", "acc_pair") and metrics.stats.shape == (3, 4)

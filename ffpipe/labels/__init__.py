@@ -2,7 +2,7 @@
 
 from ffpipe.labels.base import LabelEncoder
 from ffpipe.labels.factory import ENCODINGS, make_encoder
-from ffpipe.labels.negatives import sample_hard_negatives, sample_negatives
+from ffpipe.labels.negatives import sample_distinct_negatives, sample_hard_negatives, sample_negatives
 from ffpipe.labels.render import render_label_grid
 from ffpipe.labels.waves import fourier_patterns
 
@@ -13,5 +13,6 @@ __all__ = [
     "make_encoder",
     "render_label_grid",
     "sample_hard_negatives",
+    "sample_distinct_negatives",
     "sample_negatives",
 ]

@@ -44,6 +44,22 @@ def sample_negatives(y: Tensor, num_classes: int, generator: torch.Generator | N
     return (y + offset.to(y.device)) % num_classes
 
 
+def sample_distinct_negatives(y: Tensor, num_classes: int, count: int,
+                              generator: torch.Generator | None = None) -> list[Tensor]:
+    """`count` wrong labels for every entry of `y`, distinct from each other and from `y`: each image gets a
+    uniform draw without replacement from its num_classes - 1 wrong labels. `count` = 1 is `sample_negatives`
+    (the same draw, so one-negative runs keep their random stream)."""
+    if isinstance(count, bool) or not isinstance(count, Integral) or not 1 <= count < num_classes:
+        raise FFPipeError(f"data.labels.negatives_per_image must be in 1..{num_classes - 1} for {num_classes} "
+                          f"classes, got {count!r}")
+    if count == 1:
+        return [sample_negatives(y, num_classes, generator)]
+    _check_labels(y)
+    keys = torch.rand((y.shape[0], num_classes - 1), generator=generator, device=_draw_device(y, generator))
+    offsets = keys.argsort(dim=1)[:, :count].to(device=y.device, dtype=y.dtype) + 1
+    return [(y + offsets[:, i]) % num_classes for i in range(count)]
+
+
 def sample_hard_negatives(y: Tensor, scores: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """A wrong label per row, drawn with probability proportional to the model's scores for the wrong labels.
 

@@ -70,9 +70,14 @@ def split_streams(t: Tensor, n: int, k: int) -> tuple[Tensor, ...]:
     return tuple(t.split(n, dim=0))
 
 
+def per_image(g_neg: Tensor, images: int) -> Tensor:
+    """Negative goodness [k·B] as [k, B]: row i is negative stream i, column b is image b (packet layout)."""
+    return g_neg.view(-1, images)
+
+
 def pair_accuracy(g_pos: Tensor, g_neg: Tensor) -> Tensor:
-    """The fraction of rows i with g_pos[i] > g_neg[i] (a tie counts as wrong)."""
-    return (g_pos > g_neg).float().mean()
+    """The fraction of (image, negative) pairs whose positive goodness is higher (a tie counts as wrong)."""
+    return (g_pos > per_image(g_neg, len(g_pos))).float().mean()
 
 
 def _sum_dims(t: Tensor) -> tuple[int, ...]:
@@ -148,14 +153,17 @@ class Objective(nn.Module):
 
 
 class BCEObjective(Objective):
-    """softplus(θ − g_pos) and softplus(g_neg − θ), mean over the 2B samples (seed 001 eq. 1)."""
+    """½ [mean softplus(θ − g_pos) + mean softplus(g_neg − θ)] (seed 001 eq. 1): the mean over the 2B samples
+    for one negative per image; with k, positives and negatives keep equal weight (our choice)."""
 
     def contrast(self, g_pos: Tensor, g_neg: Tensor) -> Tensor:
-        return torch.cat([F.softplus(self.threshold - g_pos), F.softplus(g_neg - self.threshold)]).mean()
+        return 0.5 * (F.softplus(self.threshold - g_pos).mean() + F.softplus(g_neg - self.threshold).mean())
 
 
 class SymbaObjective(Objective):
-    """softplus(−α (g_pos − g_neg)) over positive/negative pairs (SymBa; Trifecta code)."""
+    """softplus(−α (g_pos − g_neg)) over positive/negative pairs (SymBa; Trifecta code); with k negatives per
+    image, −log of the positive's softmax weight among {pos, neg_1..neg_k} under logits α·g (our extension:
+    k = 1 is SymBa, k = C − 1 is the cross-entropy of the goodness readout itself, seed 000 eq. 4)."""
 
     stat_names = ("loss", "g_pos", "g_neg", "acc_pair")  # no threshold, so no threshold accuracies
 
@@ -167,9 +175,12 @@ class SymbaObjective(Objective):
         return torch.stack([total, g_pos.mean(), g_neg.mean(), pair_accuracy(g_pos, g_neg)])
 
     def contrast(self, g_pos: Tensor, g_neg: Tensor) -> Tensor:
-        if g_pos.shape != g_neg.shape:
+        if g_neg.numel() % max(len(g_pos), 1):
             raise ValueError(f"symba pairs positives with negatives: got {g_pos.shape} and {g_neg.shape}")
-        return F.softplus(-self.alpha * (g_pos - g_neg)).mean()
+        margins = -self.alpha * (g_pos - per_image(g_neg, len(g_pos)))  # [k, B]
+        if len(margins) == 1:
+            return F.softplus(margins[0]).mean()
+        return torch.logsumexp(torch.cat([torch.zeros_like(margins[:1]), margins]), dim=0).mean()
 
 
 class HingeObjective(Objective):

@@ -27,6 +27,7 @@ from ffpipe.data import load_for_config
 from ffpipe.errors import FFPipeError
 from ffpipe.network import fingerprint, measure_block_seconds, specs_for, stage_bounds
 from ffpipe.optim import lr_at
+from ffpipe.packet import negative_streams
 from ffpipe.partition import partition_table
 from ffpipe.pipeline.control import Control
 from ffpipe.pipeline.coordinator import Coordinator, LiveTable
@@ -183,7 +184,7 @@ def _build(cfg: Config, index: int, replica: int, run_dir: Path, resume: bool, c
     worker.fault_step = _fault_check(index)
     coordinator = None
     if index == 0 and replica == 0:
-        print(partition_table(specs, bounds, cfg.loss.family != "group_ce", seconds), flush=True)
+        print(partition_table(specs, bounds, negative_streams(cfg), seconds), flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
         o = cfg.optim
