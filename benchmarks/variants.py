@@ -11,7 +11,8 @@ Every variant is a real `ffpipe train` run (one after another, never two at once
 - results.md: one row per variant;
 - curves.png: validation linear and goodness/group accuracy per epoch, one line per variant.
 A variant whose run directory already holds a test record is read, not retrained, so an interrupted study
-resumes where it stopped.
+resumes where it stopped. `--test-checkpoints` also scores every kept checkpoint on the test split
+(`ffpipe eval`), for per-epoch test curves; keep enough of them with `--set run.keep_checkpoints=N`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,17 @@ def train(config: str, shared: list[str], own: list[str], run_dir: Path) -> floa
     return time.perf_counter() - t0
 
 
+def checkpoint_tests(run_dir: Path) -> list[dict]:
+    from ffpipe.evaluate import evaluate_checkpoint
+
+    rows = []
+    for ckpt in sorted((run_dir / "checkpoints").glob("epoch-*"), key=lambda p: int(p.name.split("-")[1])):
+        if (ckpt / "manifest.json").is_file():
+            result = evaluate_checkpoint(str(ckpt), "test")
+            rows.append({"epoch": result["epoch"], **result["accuracy"]})
+    return rows
+
+
 def summarize(name: str, own: list[str], run_dir: Path, seconds: float | None) -> dict:
     records = read_records(run_dir / "metrics.jsonl")
     epochs = [r for r in records if "blocks" in r]
@@ -76,6 +88,17 @@ def markdown(rows: list[dict], title: str, command: str) -> str:
         lines.append(f"| {r['name']} | {', '.join(r['overrides']) or '-'} | {r['epochs']} | {r['train_s']:.0f} | "
                      f"{local} | {blocks or '-'} | {r['test'].get('linear', float('nan')):.4f} | "
                      f"{'-' if scored is None else f'{scored:.4f}'} |")
+    lines += ["\n## Per epoch (validation; test where the run's checkpoints were scored)\n",
+              "| variant | epoch | val linear | val goodness/group | test linear | test goodness/group |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        tests = {t["epoch"]: t for t in r.get("test_per_epoch", [])}
+        for v in r["val"]:
+            t = tests.get(v["epoch"], {})
+            cells = [v.get("linear"), v.get("goodness", v.get("group")), t.get("linear"),
+                     t.get("goodness", t.get("group"))]
+            shown = ["-" if c is None else f"{c:.4f}" for c in cells]
+            lines.append(f"| {r['name']} | {v['epoch']} | " + " | ".join(shown) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -101,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="shared", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--variant", action="append", required=True, metavar="NAME:k=v,k=v")
     parser.add_argument("--title", default="Variants")
+    parser.add_argument("--test-checkpoints", action="store_true", help="score every kept checkpoint on test")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             r.get("kind") == "test" for r in read_records(run_dir / "metrics.jsonl"))
         seconds = None if done else train(args.config, args.shared, own, run_dir)
         rows.append(summarize(name, own, run_dir, seconds))
+        if args.test_checkpoints:
+            rows[-1]["test_per_epoch"] = checkpoint_tests(run_dir)
         print(f"{name}: test {rows[-1]['test']}", flush=True)
     command = "python benchmarks/variants.py " + " ".join(sys.argv[1:] if argv is None else argv)
     (out / "results.json").write_text(json.dumps({"command": command, "machine": platform.platform(),

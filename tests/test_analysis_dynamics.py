@@ -9,6 +9,7 @@ import yaml
 
 from ffpipe.analysis.dynamics import analyze, correlation, first_reach, write_dynamics
 from ffpipe.analysis.runs import find_runs, grid_axes
+from ffpipe.errors import FFPipeError
 
 pytest.importorskip("scipy")
 
@@ -105,3 +106,15 @@ def test_groups_by_configuration(tmp_path):
 def test_too_few_pairs_or_a_constant_series_has_no_correlation():
     assert correlation(np.array([0.5, 0.6]), np.array([0.1, 0.2]))["pearson"] is None
     assert correlation(np.array([0.5, 0.6, np.nan, 0.7]), np.array([0.1, 0.2, 0.3, 0.3]))["pairs"] == 3
+
+
+def test_layer_metric_picks_threshold_or_pair_accuracy():
+    from ffpipe.analysis.runs import layer_accuracy
+
+    bce = {"acc_pos": 0.6, "acc_neg": 0.8, "acc_pair": 0.9}
+    symba = {"acc_pair": 0.95}
+    assert layer_accuracy(bce) == pytest.approx(0.7) and layer_accuracy(bce, "pair") == 0.9
+    assert layer_accuracy(symba) == 0.95 and layer_accuracy(symba, "threshold") is None
+    assert layer_accuracy({"acc": 0.4}) == 0.4  # group_ce's class accuracy
+    with pytest.raises(FFPipeError, match="layer metric 'auc'"):
+        layer_accuracy(bce, "auc")

@@ -70,7 +70,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dynamics(args: argparse.Namespace) -> int:
     from ffpipe.analysis.dynamics import format_dynamics, write_dynamics
 
-    result, written = write_dynamics(args.path, args.target, args.out)
+    result, written = write_dynamics(args.path, args.target, args.out, args.metric)
     print(format_dynamics(result))
     for file in written:
         print(f"wrote {file}")
@@ -146,6 +146,8 @@ def add_parser(subparsers) -> None:
     p = analyze.add_parser("dynamics", help="per-layer accuracy over training, delays, correlations (seed 003)")
     p.add_argument("path", help="a sweep directory (or one run directory)")
     p.add_argument("--target", type=float, default=0.7, help="layer accuracy whose first epoch is the delay")
+    p.add_argument("--metric", choices=["auto", "threshold", "pair"], default="auto",
+                   help="layer accuracy: seed 003's threshold accuracy, or acc_pair (auto: threshold if logged)")
     p.add_argument("--out", help="output directory (default: PATH/dynamics)")
     p.set_defaults(func=cmd_dynamics)
 

@@ -53,12 +53,12 @@ class Curves:
     model: np.ndarray
 
 
-def run_curves(run: Run, readout: str | None, num_layers: int) -> Curves:
+def run_curves(run: Run, readout: str | None, num_layers: int, metric: str = "auto") -> Curves:
     layers = np.full((len(run.epochs), num_layers), np.nan)
     model = np.full(len(run.epochs), np.nan)
     for e, record in enumerate(run.epochs):
         for block in record.get("blocks") or []:
-            acc = layer_accuracy(block)
+            acc = layer_accuracy(block, metric)
             if acc is not None and isinstance(block.get("index"), int):
                 layers[e, block["index"]] = acc
         value = (record.get("val") or {}).get(readout) if readout else None
@@ -119,12 +119,12 @@ def _aligned(curves: list[Curves], epochs: list[int], column) -> np.ndarray:
     return stack
 
 
-def analyze_group(group: Group, target: float, label: str) -> dict:
+def analyze_group(group: Group, target: float, label: str, metric: str = "auto") -> dict:
     runs = [run for run in group.runs if run.epochs]
     num_layers = max((b["index"] for run in runs for r in run.epochs for b in r["blocks"]
                       if isinstance(b.get("index"), int)), default=-1) + 1
     readout = next((r for r in (run.model_readout() for run in runs) if r), None)
-    curves = [run_curves(run, readout, num_layers) for run in runs]
+    curves = [run_curves(run, readout, num_layers, metric) for run in runs]
     epochs = sorted({e for c in curves for e in c.epochs})
     model = _aligned(curves, epochs, lambda c: c.model)
     m_mean, m_std, m_n = _mean_std(model)
@@ -142,15 +142,15 @@ def analyze_group(group: Group, target: float, label: str) -> dict:
             "layers": layers}
 
 
-def analyze(runs: list[Run], axes: list[str], target: float = 0.7) -> dict:
+def analyze(runs: list[Run], axes: list[str], target: float = 0.7, metric: str = "auto") -> dict:
     if not 0.0 < target <= 1.0:
         raise FFPipeError(f"--target is an accuracy in (0, 1], got {target}")
     shorts = short_keys(axes)
     groups = [g for g in group_runs(runs, axes) if any(run.epochs for run in g.runs)]
     if not groups:
         raise FFPipeError("no run has any epoch record yet")
-    return {"target": target, "axes": axes,
-            "groups": [analyze_group(g, target, g.label(shorts)) for g in groups]}
+    return {"target": target, "axes": axes, "metric": metric,
+            "groups": [analyze_group(g, target, g.label(shorts), metric) for g in groups]}
 
 
 def _series(values: list) -> np.ndarray:
@@ -218,11 +218,12 @@ def plot_correlation(result: dict, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def write_dynamics(path: str | Path, target: float = 0.7, out: str | Path | None = None) -> tuple[dict, list[Path]]:
+def write_dynamics(path: str | Path, target: float = 0.7, out: str | Path | None = None,
+                   metric: str = "auto") -> tuple[dict, list[Path]]:
     """Analyze the run or sweep at `path`; write dynamics.json and the three figures to `out`."""
     path = Path(path)
     runs = find_runs(path)
-    result = analyze(runs, grid_axes(runs, path), target)
+    result = analyze(runs, grid_axes(runs, path), target, metric)
     out = Path(out) if out else (path / "dynamics")
     out.mkdir(parents=True, exist_ok=True)
     (out / "dynamics.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -25,12 +25,29 @@ MODEL_READOUTS = ("linear", "goodness", "group")
 model's classification accuracy; our linear head is that classifier), else the goodness or group readout."""
 
 
-def layer_accuracy(block: dict) -> float | None:
-    """Seed 003 eq. 3: (TP + TN) / m over m = B positive + B negative samples, i.e. mean(acc_pos, acc_neg)."""
+LAYER_METRICS = ("auto", "threshold", "pair")
+
+
+def layer_accuracy(block: dict, metric: str = "auto") -> float | None:
+    """A block's local accuracy in one epoch record.
+
+    `threshold`: seed 003 eq. 3, (TP + TN) / m over m = B positive + B negative samples, i.e.
+    mean(acc_pos, acc_neg); only threshold families (bce, hinge) have it. `pair`: `acc_pair`, the fraction of
+    images whose positive goodness beats their negative's, which every family with negatives has; group_ce
+    blocks report their class accuracy `acc` instead. `auto`: threshold where there is one, else pair (else
+    the group accuracy), so a sweep of one family reads the same as before `acc_pair` existed.
+    """
+    if metric not in LAYER_METRICS:
+        raise FFPipeError(f"layer metric '{metric}' is not one of {', '.join(LAYER_METRICS)}")
     pos, neg = block.get("acc_pos"), block.get("acc_neg")
-    if not isinstance(pos, int | float) or not isinstance(neg, int | float):
-        return None
-    return (pos + neg) / 2.0
+    threshold = (pos + neg) / 2.0 if isinstance(pos, int | float) and isinstance(neg, int | float) else None
+    pair = block.get("acc_pair", block.get("acc"))
+    pair = pair if isinstance(pair, int | float) else None
+    if metric == "threshold":
+        return threshold
+    if metric == "pair":
+        return pair
+    return threshold if threshold is not None else pair
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -109,7 +126,8 @@ class Run:
             out.update(_numbers({k: last.get(k) for k in ("step", "samples_per_s", "head_train_acc")}, "train"))
             for key in ("train_s", "wall_s"):
                 out.update(_numbers(sum(r.get(key) or 0.0 for r in self.epochs), f"train.{key}_total"))
-        return {k.replace("infer_ms_per_image", "ms_per_image"): v for k, v in out.items() if not k.endswith(".n")}
+        return {k.replace("infer_ms_per_image", "ms_per_image"): v for k, v in out.items()
+                if not k.endswith(".n") and "_ranges." not in k}
 
 
 def is_run_dir(path: Path) -> bool:
