@@ -26,8 +26,9 @@ import torch
 
 from ffpipe.config import load_config
 from ffpipe.data import Dataset, Split
-from ffpipe.network import build_stages, specs_for, stage_bounds
-from ffpipe.source import PacketSource
+from ffpipe.ff.blocks import block_specs
+from ffpipe.ff.packet import PacketSource
+from ffpipe.ff.stage import Stage
 
 OUT = Path(__file__).parent / "results" / "stage_flops"
 
@@ -43,8 +44,8 @@ def time_stage(overrides: list[str], shape, steps: int) -> tuple[float, int]:
     """Seconds per `Stage.step` (median of `steps`), and the FLOPs of one step."""
     cfg = load_config(None, overrides + ["head.mode=none", "head.readouts=[goodness]", "train.progress=false"])
     data = synthetic_dataset(shape)
-    specs = specs_for(cfg, shape)
-    (stage,) = build_stages(cfg, specs, stage_bounds(cfg, specs), 10, torch.device("cpu"))
+    specs = block_specs(cfg.model, shape)
+    stage = Stage(cfg, specs, 0, len(specs), 10)
     packets = list(PacketSource(cfg, data).train_packets(epoch=1))[: steps + 5]
     times = []
     for i, packet in enumerate(packets):

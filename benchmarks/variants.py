@@ -26,8 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from ffpipe.metrics import read_records
-from ffpipe.plots import save_png, subplots
+from ffpipe.run.plots import save_png, subplots
+from ffpipe.run.records import read_records
 
 READOUTS = ("linear", "goodness", "group")
 
@@ -50,7 +50,7 @@ def train(config: str, shared: list[str], own: list[str], run_dir: Path) -> floa
 
 
 def checkpoint_tests(run_dir: Path) -> list[dict]:
-    from ffpipe.evaluate import evaluate_checkpoint
+    from ffpipe.run.sequential import evaluate_checkpoint
 
     rows = []
     for ckpt in sorted((run_dir / "checkpoints").glob("epoch-*"), key=lambda p: int(p.name.split("-")[1])):

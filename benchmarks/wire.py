@@ -37,7 +37,7 @@ import torch.multiprocessing as mp
 
 from ffpipe.bench import runner
 from ffpipe.pipeline.wire import Kind, Receiver, Sender, configure_process
-from ffpipe.plots import save_png, subplots
+from ffpipe.run.plots import save_png, subplots
 
 KIB = 1024
 SIZES = [KIB * 2 ** i for i in range(0, 17, 2)]  # 1 KiB, 4 KiB, ..., 64 MiB

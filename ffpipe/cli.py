@@ -47,7 +47,8 @@ def load_cli_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     """Sequential in this process, one worker of a torchrun job, or a pipeline this process starts."""
     from ffpipe.pipeline import launch
-    from ffpipe.trainer import run_dir_for, train
+    from ffpipe.run.loop import run_dir_for
+    from ffpipe.run.sequential import train
 
     cfg = load_cli_config(args)
     if launch.in_torchrun() and not args.sequential:
@@ -67,13 +68,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_train_bp(args: argparse.Namespace) -> int:
-    from ffpipe.baselines.command import cmd_train_bp as run
+    """`ffpipe train-bp` and `launch/train_bp.py`: one process, or one rank of a torchrun DDP job; only rank 0
+    prints."""
+    from ffpipe.baselines import train_bp, train_bp_distributed
+    from ffpipe.pipeline.launch import in_torchrun
 
-    return run(args)
+    cfg = load_cli_config(args)
+    summary = train_bp_distributed(cfg, args.out) if in_torchrun() else train_bp(cfg, args.out)
+    if summary["run_dir"] is not None:
+        test = summary["test"]
+        print(f"run: {summary['run_dir']}  steps: {summary['step']}  processes: {summary['world_size']}  "
+              f"test accuracy: bp {test['bp']:.4f}")
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ffpipe.evaluate import evaluate_checkpoint
+    from ffpipe.run.sequential import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, args.split, args.readout, args.data_dir)
     if args.json:
@@ -94,7 +104,8 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 def cmd_labels_show(args: argparse.Namespace) -> int:
     from ffpipe.data import load_dataset
-    from ffpipe.labels import make_encoder, render_label_grid
+    from ffpipe.ff.labels import make_encoder
+    from ffpipe.run.plots import render_label_grid
 
     data = load_dataset(args.dataset, args.data_dir)
     image = data.test.images[args.index].float() / 255.0
@@ -108,7 +119,7 @@ def cmd_labels_show(args: argparse.Namespace) -> int:
 
 
 def cmd_ckpt_diff(args: argparse.Namespace) -> int:
-    from ffpipe.checkpoint import diff_checkpoints
+    from ffpipe.run.checkpoint import diff_checkpoints
 
     result = diff_checkpoints(args.run_a, args.run_b)
     if args.json:

@@ -69,7 +69,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """The local goodness objective of every block; see `ffpipe.nn.objective` for the equations."""
+    """The local goodness objective of every block; see `ffpipe.ff.objectives` for the equations."""
 
     family: str = "bce"
     goodness: str = "sum"
@@ -106,7 +106,7 @@ class HeadConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     exclude_first: bool = True
-    ema_decay: float = 0.0  # > 0: the linear readout reads an average of the slices' weights (ffpipe.heads)
+    ema_decay: float = 0.0  # > 0: the linear readout reads an average of the slices' weights (ffpipe.ff.head)
     readouts: list[str] = field(default_factory=lambda: ["linear", "goodness"])
 
 

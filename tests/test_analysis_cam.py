@@ -12,7 +12,7 @@ from ffpipe.analysis.cli import add_parser
 from ffpipe.analysis.probe import load_probe
 from ffpipe.config import load_config
 from ffpipe.errors import FFPipeError
-from ffpipe.trainer import Network, train
+from ffpipe.run.sequential import load_checkpoint_model, train
 
 CONV = ["model.type=conv", "model.depth=3", "model.width=4", "model.kernel=3", "model.pool=[0,0,2]",
         "data.batch_size=50", "head.readouts=[linear]", "train.progress=false", "train.max_steps=3"]
@@ -64,10 +64,8 @@ def test_cams_split_the_networks_own_logits(conv_run):
     assert result.layers == [1, 2] and result.per_layer[1].shape == (6, 28, 28)
     assert result.native[2].shape == (6, 14, 14)  # the pooled block, at its own resolution
     # the network's own forward (Stage.evaluate on the neutral stream) gives the same logits
-    cfg = probe.cfg
-    net = Network.build(cfg)
-    net.load(probe.checkpoint)
-    packet = net.stages[0].evaluate(next(net.source.eval_packets(net.dataset.val, "plain")))
+    model, stages, _ = load_checkpoint_model(probe.checkpoint)
+    packet = stages[0].evaluate(next(model.source().eval_packets(model.dataset.val, "plain")))
     assert torch.allclose(packet.logits[:6], result.logits, atol=1e-5)
     rows = torch.arange(6)
     bias = sum(probe.heads[i].bias for i in result.layers)[result.labels]

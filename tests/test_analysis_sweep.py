@@ -11,10 +11,10 @@ import ffpipe.analysis.sweep as sweep_mod
 from ffpipe.analysis.cli import add_parser
 from ffpipe.analysis.grid import parse_axis
 from ffpipe.analysis.sweep import SweepPlan, run_sweep
-from ffpipe.checkpoint import latest_checkpoint, load_checkpoint
 from ffpipe.config import load_config
 from ffpipe.errors import FFPipeError
-from ffpipe.trainer import train
+from ffpipe.run.checkpoint import latest_checkpoint, load_checkpoint
+from ffpipe.run.sequential import train
 
 TINY = ["model.type=linear", "model.depth=2", "model.width=8", "data.batch_size=50",
         "data.labels.encoding=onehot", "head.readouts=[linear]", "train.progress=false"]

@@ -12,7 +12,7 @@ from ffpipe.analysis.cli import add_parser
 from ffpipe.analysis.tsne import parse_layers
 from ffpipe.config import load_config
 from ffpipe.errors import FFPipeError
-from ffpipe.trainer import train
+from ffpipe.run.sequential import train
 
 MLP = ["model.type=linear", "model.depth=2", "model.width=16", "data.batch_size=50",
        "data.labels.encoding=onehot", "head.readouts=[linear]", "train.progress=false", "train.max_steps=3"]

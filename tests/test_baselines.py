@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ffpipe.baselines import World, build_bp_model, gradient_bytes, load_bp_checkpoint, train_bp
+from ffpipe.baselines import allreduce_bytes_per_step, build_bp_model, gradient_bytes, load_bp_checkpoint, train_bp
 from ffpipe.cli import build_parser, main
 from ffpipe.config import load_config
 from ffpipe.errors import FFPipeError
-from ffpipe.metrics import read_records
-from ffpipe.trainer import Network
+from ffpipe.pipeline.topology import Topology
+from ffpipe.run.model import Model
+from ffpipe.run.records import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = """\
@@ -88,22 +89,23 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
 
 
 def test_shards_are_contiguous_and_equal():
-    assert [World(rank=r, size=4).shard(100) for r in range(4)] == [slice(0, 25), slice(25, 50), slice(50, 75),
+    assert [Topology(1, 4, rank=r).shard(100) for r in range(4)] == [slice(0, 25), slice(25, 50), slice(50, 75),
                                                                      slice(75, 100)]
-    assert World(rank=0, size=1).shard(100) == slice(0, 100)
+    assert Topology(1, 1).shard(100) == slice(0, 100)
     with pytest.raises(FFPipeError, match="does not split into 3 equal shards"):
-        World(rank=0, size=3).shard(100)
-    assert [World(size=n).allreduce_bytes_per_step(1000) for n in (1, 2, 4)] == [0, 1000, 1500]
+        Topology(1, 3).shard(100)
+    assert [allreduce_bytes_per_step(1000, n) for n in (1, 2, 4)] == [0, 1000, 1500]
 
 
 def test_bp_model_is_the_ff_architecture_trained_end_to_end():
     """Same blocks and initial weights as the FF network of the config; the gradient reaches block 0."""
     cfg = load_config(None, ["model.depth=2", "model.width=[4,6]", "model.kernel=3", "model.pool=[2,0]",
                              "train.seed=3"])
-    ff = Network.build(cfg)
+    ff = Model.build(cfg, torch.device("cpu"))
+    stage = ff.stage(0)
     bp = build_bp_model(cfg, ff.dataset.image_shape, ff.dataset.num_classes)
     for i, block in enumerate(bp.blocks):
-        ff_block = ff.stages[0].blocks[i]
+        ff_block = stage.blocks[i]
         assert block.spec == ff_block.spec
         for name, tensor in block.state_dict().items():
             assert torch.equal(tensor, ff_block.state_dict()[name]), (i, name)

@@ -24,7 +24,7 @@ from ffpipe.bench.command import bench_report
 from ffpipe.bench.throughput_report import PLOTS, markdown, row_label
 from ffpipe.bench.throughput_tta import curve, reached, tta_summary
 from ffpipe.errors import FFPipeError
-from ffpipe.metrics import MemoryMeter
+from ffpipe.run.measure import MemoryMeter
 from ffpipe.sim import times_from_dict
 from ffpipe.sim.times import times_from_run
 

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from ffpipe import checkpoint as ck
+from ffpipe.run import checkpoint as ck
 from ffpipe.errors import FFPipeError
 
 FINGERPRINT = {"model": {"width": 32, "depth": 4, "kernel": (3, 3)}, "dataset": "mnist"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ffpipe.config import load_config
-from ffpipe.trainer import train
+from ffpipe.run.sequential import train
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["train.progress=false", "train.epochs=1"]

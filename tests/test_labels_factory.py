@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ffpipe.errors import FFPipeError
-from ffpipe.labels import ENCODINGS, fourier_patterns, make_encoder
+from ffpipe.ff.labels import ENCODINGS, fourier_patterns, make_encoder
 
 
 def test_encodings_are_the_three_documented_ones():

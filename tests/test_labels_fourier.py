@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from ffpipe.labels import fourier_patterns, make_encoder
-from ffpipe.labels.fourier import renormalize
+from ffpipe.ff.labels import fourier_patterns, make_encoder
+from ffpipe.ff.labels.fourier import renormalize
 
 # Set 1 as documented in ffpipe/labels/waves.py: (kx, ky) in cycles per image, ky pointing up on screen.
 SET1_TABLE = [(2, 0), (2, 2), (0, 2), (-2, 2), (4, 0), (4, 4), (0, 4), (-4, 4), (6, 0), (0, 6)]

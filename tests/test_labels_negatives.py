@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ffpipe.errors import FFPipeError
-from ffpipe.labels import sample_distinct_negatives, sample_hard_negatives, sample_negatives
+from ffpipe.ff.labels import sample_distinct_negatives, sample_hard_negatives, sample_negatives
 
 
 @settings(max_examples=60, deadline=None)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ffpipe.labels import make_encoder
+from ffpipe.ff.labels import make_encoder
 
 
 def images(shape: tuple[int, int, int], batch: int = 3) -> torch.Tensor:

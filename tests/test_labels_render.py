@@ -5,7 +5,8 @@ import torch
 from matplotlib.image import imread
 
 from ffpipe.errors import FFPipeError
-from ffpipe.labels import make_encoder, render_label_grid
+from ffpipe.ff.labels import make_encoder
+from ffpipe.run.plots import render_label_grid
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -7,8 +7,10 @@ import torch
 from rich.console import Console
 
 from ffpipe.errors import FFPipeError
-from ffpipe.metrics import MetricsLog, TrainView, confusion_matrix, read_records
-from ffpipe.plots import plot_confusion, plot_curves, save_confusion
+from ffpipe.ff.head import confusion_matrix
+from ffpipe.run.console import TrainView
+from ffpipe.run.plots import plot_confusion, plot_curves, save_confusion
+from ffpipe.run.records import MetricsLog, read_records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -201,7 +203,7 @@ def test_train_view_live_on_a_terminal_draws_the_bar():
 
 
 def test_curve_series_are_accuracies_only():
-    from ffpipe.plots import _readout_series
+    from ffpipe.run.plots import _readout_series
 
     series = _readout_series([_record(1), _record(2)], "val")
     assert sorted(series) == ["exit 2", "exit 3", "goodness", "linear"]

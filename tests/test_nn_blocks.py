@@ -7,8 +7,7 @@ import torch
 
 from ffpipe.config import ModelConfig
 from ffpipe.errors import FFPipeError
-from ffpipe.nn.activation import relu_fullgrad
-from ffpipe.nn.blocks import BlockSpec, FFBlock, block_specs, build_block, build_blocks
+from ffpipe.ff.blocks import BlockSpec, FFBlock, block_specs, build_block, build_blocks, relu_fullgrad
 
 
 def test_relu_fullgrad_is_relu_forward_and_identity_backward():

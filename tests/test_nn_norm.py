@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from ffpipe.config import ModelConfig
 from ffpipe.errors import FFPipeError
-from ffpipe.nn.norm import group_rms_norm, make_norm, rms_norm
+from ffpipe.ff.norm import between_blocks, group_rms_norm, rms_norm
 
 
 def _activity(*shape: int) -> torch.Tensor:
@@ -61,9 +62,9 @@ def test_group_rms_norm_rejects_an_uneven_split():
         group_rms_norm(torch.ones(2, 6), groups=4)
 
 
-def test_make_norm_picks_the_configured_normalization():
+def test_between_blocks_picks_the_configured_normalization():
     x = _activity(2, 6, 3, 3)
-    assert torch.equal(make_norm("rms", 3, 1e-8)(x), rms_norm(x))
-    assert torch.equal(make_norm("group", 3, 1e-8)(x), group_rms_norm(x, 3))
+    assert torch.equal(between_blocks(ModelConfig(norm="rms"), 3)(x), rms_norm(x))
+    assert torch.equal(between_blocks(ModelConfig(norm="group"), 3)(x), group_rms_norm(x, 3))
     with pytest.raises(FFPipeError, match="model.norm"):
-        make_norm("layer", 3, 1e-8)
+        between_blocks(ModelConfig(norm="layer"), 3)

@@ -7,9 +7,9 @@ import torch
 
 from ffpipe.config import LossConfig
 from ffpipe.errors import FFPipeError
-from ffpipe.nn.blocks import BlockSpec, build_block
-from ffpipe.nn.norm import rms_norm
-from ffpipe.nn.objective import make_objective, split_streams
+from ffpipe.ff.blocks import BlockSpec, build_block
+from ffpipe.ff.norm import rms_norm
+from ffpipe.ff.objectives import make_objective, split_streams
 
 LINEAR2 = BlockSpec(index=0, kind="linear", in_shape=(3,), out=2)
 
@@ -190,7 +190,7 @@ def test_one_sgd_step_raises_true_class_group_goodness():
 def test_symba_on_a_conv_block_with_fourier_labels_by_hand_and_one_step():
     """The default's objective on its kind of block: each image's positive goodness rises against its own
     negative's (the pair margin), which a threshold loss on summed conv goodness failed to do (issue 10)."""
-    from ffpipe.labels import make_encoder
+    from ffpipe.ff.labels import make_encoder
 
     spec = BlockSpec(index=1, kind="conv", in_shape=(1, 12, 12), out=4, kernel=5)
     block = build_block(spec, seed=0)

@@ -5,9 +5,8 @@ import torch
 
 from ffpipe.config import LossConfig
 from ffpipe.errors import FFPipeError
-from ffpipe.nn.blocks import BlockSpec
-from ffpipe.nn.objective import make_objective
-from ffpipe.nn.peer import PeerNormalization
+from ffpipe.ff.blocks import BlockSpec
+from ffpipe.ff.objectives import PeerNormalization, make_objective
 
 LINEAR3 = BlockSpec(index=0, kind="linear", in_shape=(2,), out=3)
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from ffpipe.config import LossConfig
-from ffpipe.nn.blocks import BlockSpec, build_block
-from ffpipe.nn.norm import rms_norm
-from ffpipe.nn.objective import make_objective, split_streams
+from ffpipe.ff.blocks import BlockSpec, build_block
+from ffpipe.ff.norm import rms_norm
+from ffpipe.ff.objectives import make_objective, split_streams
 
 LINEAR = BlockSpec(index=1, kind="linear", in_shape=(20,), out=16)
 CONV = BlockSpec(index=1, kind="conv", in_shape=(2, 6, 6), out=4, pool=2)

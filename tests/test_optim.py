@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ffpipe.errors import FFPipeError
-from ffpipe.optim import OPTIMIZERS, SCHEDULES, lr_at, make_optimizer, set_lr
+from ffpipe.ff.optim import OPTIMIZERS, SCHEDULES, lr_at, make_optimizer, set_lr
 
 
 def test_constant_schedule():

@@ -6,8 +6,8 @@ import random
 import pytest
 
 from ffpipe.errors import FFPipeError
-from ffpipe.nn import BlockSpec
-from ffpipe.partition import min_max_split, partition, partition_table
+from ffpipe.ff.blocks import BlockSpec
+from ffpipe.ff.partition import min_max_split, partition, partition_table
 
 
 def brute_force(costs, parts):

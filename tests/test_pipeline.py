@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ffpipe.checkpoint import diff_checkpoints, latest_checkpoint, load_checkpoint
+from ffpipe.run.checkpoint import diff_checkpoints, latest_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = """\

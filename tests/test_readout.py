@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ffpipe.packet import Packet
-from ffpipe.readout import Tally, select_range, with_selected_ranges
+from ffpipe.ff.head import Tally, select_range, with_selected_ranges
+from ffpipe.ff.packet import Packet
 
 
 def overlay_packet(scores: torch.Tensor, y: torch.Tensor) -> Packet:

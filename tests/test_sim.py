@@ -239,7 +239,7 @@ def test_times_file_is_read_and_checked(tmp_path):
 def test_run_directory_gives_last_epoch_times(tmp_path):
     from ffpipe.config import dump_config, load_config
     from ffpipe.data.catalog import get_spec
-    from ffpipe.nn import block_specs
+    from ffpipe.ff.blocks import block_specs
 
     cfg = load_config(None, ["data.batch_size=40", "pipeline.stages=2", "pipeline.replicas=2"])
     dump_config(cfg, tmp_path / "config.yaml")

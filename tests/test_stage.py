@@ -4,10 +4,8 @@ import pytest
 import torch
 
 from ffpipe.config import load_config
-from ffpipe.data import load_dataset
-from ffpipe.network import build_stages, specs_for, stage_bounds
-from ffpipe.source import PacketSource
-from ffpipe.stage import NonFiniteLoss
+from ffpipe.ff.stage import NonFiniteLoss
+from ffpipe.run.model import Model
 
 MLP = ["model.type=linear", "model.depth=3", "model.width=64", "data.batch_size=50",
        "data.labels.encoding=onehot", "train.progress=false"]
@@ -15,10 +13,8 @@ MLP = ["model.type=linear", "model.depth=3", "model.width=64", "data.batch_size=
 
 def build(overrides, stages=1):
     cfg = load_config(None, MLP + list(overrides) + [f"pipeline.stages={stages}"])
-    data = load_dataset(cfg.data.name)
-    specs = specs_for(cfg, data.image_shape)
-    net = build_stages(cfg, specs, stage_bounds(cfg, specs), data.num_classes, torch.device("cpu"))
-    return cfg, PacketSource(cfg, data), net
+    model = Model.build(cfg, torch.device("cpu"))
+    return cfg, model.source(), model.stages()
 
 
 def run_steps(source, stages, n):
@@ -26,7 +22,7 @@ def run_steps(source, stages, n):
         if i == n:
             break
         for stage in stages:
-            packet, _ = stage.step(packet)
+            packet = stage.step(packet).out
 
 
 def block_weights(stages):
@@ -34,40 +30,45 @@ def block_weights(stages):
 
 
 def test_no_gradient_crosses_a_block_boundary():
-    """Block 0 has no loss: the later blocks' local backward (run eagerly in `forward`) must not reach it."""
+    """Block 0 has no loss: the later blocks' local backward (run in `compute`) must not reach it."""
     _, source, (stage,) = build(["loss.exclude_first=true"])
     packet = next(source.train_packets(epoch=1))
-    _, pending = stage.forward(packet)
-    assert pending.ready == [False, True, True]
+    computed = stage.compute(packet)
+    assert [b.trains for b in computed.blocks] == [False, True, True]
     assert all(p.grad is None for p in stage.blocks[0].parameters())
     assert all(p.grad is not None for b in stage.blocks[1:] for p in b.parameters())
 
 
-def test_local_mode_frees_every_block_graph_in_forward():
-    """Each block's backward runs before the next block: no loss (and so no autograd graph) outlives `forward`."""
+def test_compute_leaves_gradients_and_no_graph_and_apply_only_steps():
+    """Each block's backward runs before the next block, so no autograd graph outlives `compute`; `apply`
+    changes the weights and computes nothing."""
     _, source, (stage,) = build([])
-    _, pending = stage.forward(next(source.train_packets(epoch=1)))
-    assert pending.losses == [None, None, None] and all(pending.ready)
+    computed = stage.compute(next(source.train_packets(epoch=1)))
+    assert not computed.out.x.requires_grad and all(not b.stats.requires_grad for b in computed.blocks)
+    grads = [p.grad.clone() for p in stage.blocks.parameters()]
+    before = [p.detach().clone() for p in stage.blocks.parameters()]
+    stage.apply(computed)
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, stage.blocks.parameters()))
+    assert all(not torch.equal(b, p) for b, p in zip(before, stage.blocks.parameters()))
 
 
 def test_backprop_chunk_sends_gradient_inside_the_stage_only():
     _, source, stages = build(["train.chunk_mode=backprop", "pipeline.partition=[2,1]"], stages=2)
     packet = next(source.train_packets(epoch=1))
-    out, pending = stages[0].forward(packet)
-    assert pending.losses[0] is None and pending.losses[1] is not None
-    pending.losses[1].backward()
-    assert all(p.grad is not None for p in stages[0].blocks[0].parameters())
-    assert not out.x.requires_grad
+    computed = stages[0].compute(packet)
+    assert [b.trains for b in computed.blocks] == [True, True]
+    assert all(p.grad is not None for p in stages[0].blocks[0].parameters())  # from block 1's loss
+    assert not computed.out.x.requires_grad
 
 
 def test_outputs_are_computed_before_the_update():
     _, source, (stage,) = build([])
     packet = next(source.train_packets(epoch=1))
-    out, pending = stage.forward(packet)
-    before = out.x.clone()
-    stage.update(pending, packet)
-    again, _ = stage.forward(packet)
-    assert torch.equal(out.x, before) and not torch.equal(again.x, before)
+    computed = stage.compute(packet)
+    before = computed.out.x.clone()
+    stage.apply(computed)
+    again = stage.compute(packet).out
+    assert torch.equal(computed.out.x, before) and not torch.equal(again.x, before)
 
 
 @pytest.mark.parametrize("partition", [[1, 2], [2, 1]])
@@ -103,8 +104,9 @@ def test_nan_names_the_block():
     _, source, (stage,) = build([])
     packet = next(source.train_packets(epoch=1))
     packet.x[0] = float("nan")
-    with pytest.raises(NonFiniteLoss, match="block 0 at step 1"):
-        stage.step(packet)
+    stage.step(packet)  # no host sync in the step: the stage remembers, on the device, and says so once
+    with pytest.raises(NonFiniteLoss, match="block 0 at step 1 \\(epoch 1\\)"):
+        stage.check_finite(1)
 
 
 def test_negatives_never_carry_the_true_label():
@@ -130,5 +132,6 @@ def test_k_negative_streams_carry_distinct_wrong_labels_and_train():
         assert bool((labels[i] != packet.y).all())
         for j in range(1, i):
             assert bool((labels[i] != labels[j]).all())
-    _, metrics = stage.step(packet)
-    assert stage.stat_names == ("loss", "g_pos", "g_neg", "acc_pair") and metrics.stats.shape == (3, 4)
+    computed = stage.step(packet)
+    assert stage.stat_names == ("loss", "g_pos", "g_neg", "acc_pair")
+    assert [b.stats.shape for b in computed.blocks] == [(4,)] * 3

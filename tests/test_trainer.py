@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ffpipe.checkpoint import latest_checkpoint, load_checkpoint
 from ffpipe.config import load_config
 from ffpipe.errors import FFPipeError
-from ffpipe.evaluate import evaluate_checkpoint
-from ffpipe.source import PacketSource
-from ffpipe.stage import NonFiniteLoss
-from ffpipe.trainer import train
+from ffpipe.ff.packet import PacketSource
+from ffpipe.ff.stage import NonFiniteLoss
+from ffpipe.run.checkpoint import latest_checkpoint, load_checkpoint
+from ffpipe.run.sequential import evaluate_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = ["model.type=linear", "model.depth=3", "model.width=64", "data.batch_size=50",

@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 
 from ffpipe.analysis.probe import Probe
 from ffpipe.errors import FFPipeError
-from ffpipe.plots import save_png
+from ffpipe.run.plots import save_png
 
 
 def class_activation_map(features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

@@ -107,7 +107,7 @@ def cmd_tsne(args: argparse.Namespace) -> int:
 
     _sklearn()  # fail before loading anything when scikit-learn is missing
     probe = load_probe(args.checkpoint, args.data_dir)
-    layers = parse_layers(args.layers, len(probe.blocks))
+    layers = parse_layers(args.layers, probe.num_blocks)
     size = len(probe.dataset.split(args.split))
     if args.n > size:
         print(f"note: {args.split} has {size} images; embedding all of them")

@@ -30,7 +30,7 @@ from matplotlib.ticker import MaxNLocator
 from ffpipe.analysis.grid import short_keys
 from ffpipe.analysis.runs import Group, Run, find_runs, grid_axes, group_runs, layer_accuracy
 from ffpipe.errors import FFPipeError
-from ffpipe.plots import save_png
+from ffpipe.run.plots import save_png
 
 STRONG = 0.7
 """Seed 003's threshold for a strong correlation (|r| > 0.7), drawn on the correlation figure."""

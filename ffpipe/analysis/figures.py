@@ -2,7 +2,7 @@
 of a metric against one axis, one line per setting of the other axes (seed 000 Fig. 5: accuracy vs K).
 
 Every point is a mean over seeds; heatmap cells print mean ± std, lines carry ±1 std error bars.
-Figures are `matplotlib.figure.Figure` objects rendered through Agg (no pyplot), as in `ffpipe.plots`.
+Figures are `matplotlib.figure.Figure` objects rendered through Agg (no pyplot), as in `ffpipe.run.plots`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ffpipe.analysis.runs import natural
-from ffpipe.plots import save_png
+from ffpipe.run.plots import save_png
 
 if TYPE_CHECKING:
     from ffpipe.analysis.report import Row

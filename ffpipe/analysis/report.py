@@ -20,7 +20,7 @@ import numpy as np
 from ffpipe.analysis.figures import label, plot_heatmap, plot_lines
 from ffpipe.analysis.grid import short_keys
 from ffpipe.analysis.runs import Group, Run, find_runs, grid_axes, group_runs, is_run_dir
-from ffpipe.checkpoint import atomic_write_bytes
+from ffpipe.run.checkpoint import atomic_write_bytes
 
 SECTIONS = ("test", "val", "block", "stage", "bottleneck", "train")
 READOUTS = ("linear", "goodness", "group")

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from ffpipe.errors import FFPipeError
-from ffpipe.metrics import read_records
+from ffpipe.run.records import read_records
 
 SWEEP_FILE = "sweep.json"
 MODEL_READOUTS = ("linear", "goodness", "group")

@@ -1,6 +1,6 @@
 """`ffpipe sweep`: train every grid point × seed as an ordinary run directory, resumably.
 
-Each run is trained by the very entry points a single run uses: `ffpipe.trainer.train(cfg, out, resume=True)`
+Each run is trained by the very entry points a single run uses: `ffpipe.run.sequential.train(cfg, out, resume=True)`
 in this process when one run at a time goes through the sequential trainer, else `python -m ffpipe.cli train
 ... --out RUN --resume` as a subprocess (`--parallel J` of them at once; with pipeline stages the subprocess
 starts the pipeline itself). A sweep therefore resumes exactly like a run does: a run whose metrics.jsonl
@@ -30,10 +30,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ffpipe.analysis.grid import Axis, Point, check_axes, expand, short_keys
 from ffpipe.analysis.runs import SWEEP_FILE, flatten, load_run
-from ffpipe.checkpoint import atomic_write_bytes
 from ffpipe.config import Config, load_config, to_dict
 from ffpipe.errors import FFPipeError
-from ffpipe.trainer import train
+from ffpipe.run.checkpoint import atomic_write_bytes
+from ffpipe.run.sequential import train
 
 LOG = "train.log"
 IGNORED = ("train.progress", "train.device", "data.dir", "run.", "pipeline.")

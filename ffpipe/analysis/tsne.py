@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from ffpipe.analysis.probe import Probe
 from ffpipe.errors import FFPipeError
-from ffpipe.plots import save_png
+from ffpipe.run.plots import save_png
 
 PCA_DIMS = 50
 INSTALL = "t-SNE needs scikit-learn, which is not installed: pip install 'ffpipe[analysis]'"

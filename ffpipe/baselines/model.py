@@ -26,18 +26,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ffpipe.config import Config
-from ffpipe.heads import make_slice
-from ffpipe.nn import BlockSpec, block_specs, build_block, make_norm, rms_norm
+from ffpipe.ff.blocks import BlockSpec, block_specs, build_block
+from ffpipe.ff.head import make_slice
+from ffpipe.ff.norm import between_blocks, rms_norm
 
 
 class BPNet(nn.Module):
     """FF blocks with `model.norm` between them, not detached, then a linear classifier: image -> logits."""
 
-    def __init__(self, specs: list[BlockSpec], num_classes: int, norm: str, eps: float, seed: int):
+    def __init__(self, specs: list[BlockSpec], num_classes: int, model_cfg, seed: int):
         super().__init__()
-        self.eps = eps
+        self.eps = model_cfg.eps
         self.blocks = nn.ModuleList(build_block(spec, seed) for spec in specs)
-        self.norm = make_norm(norm, num_classes, eps)
+        self.norm = between_blocks(model_cfg, num_classes)
         self.classifier = make_slice(specs[-1].units, num_classes, len(specs), seed)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -51,7 +52,7 @@ class BPNet(nn.Module):
 def build_bp_model(cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> BPNet:
     """The BP twin of `cfg`'s FF network, on the CPU; shape errors are the same FFPipeError lines as FF's."""
     specs = block_specs(cfg.model, image_shape)
-    return BPNet(specs, num_classes, cfg.model.norm, cfg.model.eps, cfg.train.seed)
+    return BPNet(specs, num_classes, cfg.model, cfg.train.seed)
 
 
 def gradient_bytes(model: nn.Module) -> int:

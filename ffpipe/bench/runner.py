@@ -53,7 +53,7 @@ def bp_command(cfg: Path, workers: int, steps: int, out: Path) -> list[str]:
 def run_command(cmd: list[str], timeout: float = 1800) -> tuple[int, str]:
     """Run `cmd` with OMP_NUM_THREADS=1; return (exit code, stderr tail). A run past `timeout` is killed.
 
-    Memory is not read here: each trainer records its own (`ffpipe.metrics.MemoryMeter`); a child's
+    Memory is not read here: each trainer records its own (`ffpipe.run.measure.MemoryMeter`); a child's
     `ru_maxrss` would include its parent's high-water mark."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ffpipe.plots import save_png, subplots
+from ffpipe.run.plots import save_png, subplots
 
 PLOTS = {"strong_scaling.png": "strong scaling: speedup vs stages per model (fixed model)",
          "weak_scaling.png": "weak scaling: sample-blocks/s vs stages (1 block per stage)",

@@ -19,7 +19,7 @@ throughput at the same worker count (DDP-BP for N > 1); bytes sent per step per 
 bytes out, measured by the wire, plus for replicated stages the ring all-reduce 2(R-1)/R x its block gradient
 bytes; for DDP `allreduce_bytes_per_step`); the achieved fraction of the bottleneck bound; idle % per stage.
 
-Memory per worker, two measures (`ffpipe.metrics.MemoryMeter`): peak RSS, which includes the ~300 MB torch
+Memory per worker, two measures (`ffpipe.run.measure.MemoryMeter`): peak RSS, which includes the ~300 MB torch
 runtime of every process, and *training memory*, the peak minus what the process held just before its first
 step, which is what a method's activations, gradients and optimizer state cost. `memory_ratio_ff_over_ddp` is
 the training-memory ratio (our choice: on a CPU the runtime swamps the activations); `..._rss` the peak-RSS one.
@@ -114,8 +114,8 @@ def _grad_bytes(cfg_path: Path) -> list[int]:
     """float32 gradient bytes of every FF block, as the stages build them."""
     from ffpipe.config import load_config
     from ffpipe.data.catalog import get_spec
-    from ffpipe.nn import block_specs
-    from ffpipe.partition import block_params
+    from ffpipe.ff.blocks import block_specs
+    from ffpipe.ff.partition import block_params
 
     cfg = load_config(cfg_path)
     return [4 * block_params(s) for s in block_specs(cfg.model, get_spec(cfg.data.name).image_shape)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ffpipe.plots import save_png, subplots
+from ffpipe.run.plots import save_png, subplots
 
 MiB = 2**20
 PLOTS = ("speedup.png", "ff_over_bp.png", "memory.png", "sim_vs_measured.png", "idle.png")
@@ -140,7 +140,7 @@ def markdown(result: dict) -> str:
               "- KiB sent per step per worker: FF, a stage's activation bytes out (measured by the wire) plus, with "
               "replicas, the ring all-reduce 2(R-1)/R x its gradient bytes; DDP, 2(N-1)/N x the gradient bytes.",
               "- Training memory: peak RSS minus the RSS just before the first step (torch runtime, data and model "
-              "excluded; ffpipe.metrics.MemoryMeter). Peak RSS: the process's high-water mark, runtime included.",
+              "excluded; ffpipe.run.measure.MemoryMeter). Peak RSS: the process's high-water mark, runtime included.",
               "- Bottleneck fraction: achieved samples/s over global batch / the slowest stage's compute per step."]
     return "\n".join(lines) + "\n"
 

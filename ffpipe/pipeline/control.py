@@ -63,6 +63,12 @@ class Control:
             time.sleep(pause)
             pause = min(2 * pause, 0.2)
 
+    def agree(self, key: str, make, leader: bool):
+        """One value for every rank: the leader makes and publishes it, the others wait for it."""
+        if leader:
+            self.put(key, make())
+        return self.get(key)
+
     # -- live view ---------------------------------------------------------------------------------------------
     def publish_live(self, snapshot: dict, every_s: float = 1.0) -> None:
         now = time.monotonic()

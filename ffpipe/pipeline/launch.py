@@ -15,26 +15,25 @@ import dataclasses
 import logging
 import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
-from ffpipe.checkpoint import latest_checkpoint, load_checkpoint
-from ffpipe.config import Config, dump_config
-from ffpipe.data import load_for_config
+from ffpipe.config import Config
 from ffpipe.errors import FFPipeError
-from ffpipe.network import fingerprint, measure_block_seconds, specs_for, stage_bounds
-from ffpipe.optim import lr_at
-from ffpipe.packet import negative_streams
-from ffpipe.partition import partition_table
+from ffpipe.ff.head import readout_blocks
+from ffpipe.ff.packet import negative_streams
+from ffpipe.ff.partition import partition_table
+from ffpipe.pipeline import topology as topology_mod
 from ffpipe.pipeline.control import Control
-from ffpipe.pipeline.coordinator import Coordinator, LiveTable
+from ffpipe.pipeline.head_channel import HeadChannel
+from ffpipe.pipeline.runner import PipelineRunner, start_stage
+from ffpipe.pipeline.topology import Topology
 from ffpipe.pipeline.wire import PeerError, Receiver, Sender, configure_process
 from ffpipe.pipeline.worker import Links, StageWorker
-from ffpipe.source import PacketSource
-from ffpipe.stage import Stage
+from ffpipe.run import loop
+from ffpipe.run.loop import run_dir_for
+from ffpipe.run.model import Model
 
 ERROR_FILE = "error.txt"
 
@@ -43,155 +42,63 @@ def in_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
-def _device_and_backend(cfg: Config) -> tuple[torch.device, str]:
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    want = cfg.train.device
-    if want in ("cuda", "auto") and torch.cuda.is_available() and torch.cuda.device_count() >= local_world:
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank), "nccl"
-    if want == "cuda":
-        raise FFPipeError(f"train.device cuda needs {local_world} GPUs on this node, found "
-                          f"{torch.cuda.device_count()}")
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    return torch.device("cpu"), "gloo"
-
-
-def _run_dir(cfg: Config, out: str | None) -> Path:
-    if out:
-        return Path(out)
-    name = cfg.run.name or f"pipeline-{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
-    return Path(cfg.run.out_dir) / name
-
-
-def _links(cfg: Config, index: int, replica: int, heads: list[bool], device, control: Control) -> Links:
-    """Replica r of stage s is rank r·P + s and talks only to replica r of stages s ± 1."""
-    common = {"depth": cfg.pipeline.queue_depth, "device": device, "abort_check": control.error}
-    joint = cfg.head.mode == "joint"
-    stages = cfg.pipeline.stages
-    last, base = stages - 1, replica * stages
-    return Links(
-        prev=Receiver(base + index - 1, **common) if index > 0 else None,
-        next=Sender(base + index + 1, **common) if index < last else None,
-        errors_in=Receiver(base + last, **common) if joint and index < last and heads[index] else None,
-        errors_out={k: Sender(base + k, **common) for k in range(last) if heads[k]}
-        if joint and index == last else {},
-    )
-
-
-def _grad_sync(group, replicas: int):
-    """Average gradients over a stage's replicas before stepping: one all-reduce per optimizer step, on the
-    stage's own process group (the DDP convention), never touching another stage."""
-
-    def sync(grads: list[torch.Tensor]) -> None:
-        if grads:
-            flat = torch._utils._flatten_dense_tensors(grads)
-            dist.all_reduce(flat, group=group)
-            flat /= replicas
-            for grad, value in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-                grad.copy_(value)
-
-    return sync
-
-
-def _fault_check(index: int):
-    """FFPIPE_FAULT=STAGE:STEP crashes that stage at that step, once (first attempt only): for restart tests."""
-    spec = os.environ.get("FFPIPE_FAULT")
-    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
-        return None
-    stage, step = (int(v) for v in spec.split(":"))
-    return step if stage == index else None
-
-
 def run_worker(cfg: Config, out: str | None, resume: bool) -> int:
     """The body of one stage process under torchrun."""
-    device, backend = _device_and_backend(cfg)
+    topology = topology_mod.join(cfg.train.device, cfg.pipeline.stages, cfg.pipeline.replicas)
     configure_process()
-    dist.init_process_group(backend, timeout=timedelta(seconds=120))
-    rank, world = dist.get_rank(), dist.get_world_size()
-    stages, replicas = cfg.pipeline.stages, cfg.pipeline.replicas
-    if stages * replicas != world:
-        raise FFPipeError(f"{world} processes for {stages} stages × {replicas} replicas: start stages × replicas")
-    index, replica = rank % stages, rank // stages
-    groups = [dist.new_group([r * stages + s for r in range(replicas)]) for s in range(stages)] if replicas > 1 else []
-    control = Control(dist.distributed_c10d._get_default_store(), index)
+    group = topology_mod.replica_group(topology)  # collective: every rank creates every replica group
+    control = Control(dist.distributed_c10d._get_default_store(), topology.stage)
     quiet = os.environ.get("FFPIPE_LAUNCHER") == "1"
-    run_dir = _run_dir(cfg, out)
+    # every rank must use one run dir; the leader names it (a name from the clock could differ per rank)
+    run_dir = Path(control.agree("run_dir", lambda: str(run_dir_for(cfg, out)), topology.leader))
     try:
         resume = resume or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
-        worker, coordinator, start = _build(cfg, index, replica, run_dir, resume, control, device)
-        if replicas > 1:
-            worker.stage.grad_sync = _grad_sync(groups[index], replicas)
-        if rank == 0:
-            with LiveTable(control, stages, cfg.train.progress, coordinator.view.console):
-                worker.drive(start, _last_step(cfg, worker.source), coordinator)
-            test = coordinator.summary["test"]
-            shown = {k: round(v, 4) for k, v in test.items() if isinstance(v, float)}
-            print(f"run: {run_dir}  steps: {coordinator.summary['step']}  test accuracy: {shown}")
-        elif index == 0:
-            worker.drive(start, _last_step(cfg, worker.source), None)
+        worker = _build(cfg, topology, control, run_dir, topology_mod.averager(group, topology.replicas))
+        if topology.drives:
+            summary = loop.train(PipelineRunner(worker, topology, control), run_dir, resume)
+            if topology.leader:
+                shown = {k: round(v, 4) for k, v in summary["test"].items() if isinstance(v, float)}
+                print(f"run: {run_dir}  steps: {summary['step']}  test accuracy: {shown}")
         else:
+            start_stage(worker, run_dir, resume)
             worker.follow()
         worker.links.close()
-        # Every channel has ended; the replica groups' last all-reduce may still be finishing on a peer, so
-        # all ranks meet once before any of them tears the process group down (see baselines.world).
-        dist.barrier()
+        topology_mod.leave()
         return 0
     except BaseException as exc:
         caused_elsewhere = isinstance(exc, PeerError) and control.error()
         line = str(exc) if isinstance(exc, FFPipeError) else f"{type(exc).__name__}: {exc}"
         if not caused_elsewhere:
-            control.raise_error(f"stage {rank}: {line}")
+            control.raise_error(f"stage {topology.rank}: {line}")
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / ERROR_FILE).write_text(f"stage {rank}: {line}\n")
+            (run_dir / ERROR_FILE).write_text(f"stage {topology.rank}: {line}\n")
             if not quiet:
-                print(f"ffpipe: error: stage {rank}: {line}", file=sys.stderr)
-        # Exit at once: the wire's threads may still be blocked in gloo waits on dead peers, and tearing the
-        # process group down under them ends in std::terminate (SIGABRT) instead of a clean exit code.
+                print(f"ffpipe: error: stage {topology.rank}: {line}", file=sys.stderr)
+        # A failed run exits at once: the wire's threads may still be blocked in gloo waits on dead peers, and
+        # tearing the process group down under them ends in std::terminate (SIGABRT). A completed run never
+        # gets here: its channels all ended (Links.close) and its ranks met before the group went.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(2 if isinstance(exc, FFPipeError) else 1)
-    finally:
-        dist.destroy_process_group()
 
 
-def _last_step(cfg: Config, source: PacketSource) -> int:
-    total = cfg.train.epochs * source.steps_per_epoch
-    return min(total, cfg.train.max_steps or total)
-
-
-def _build(cfg: Config, index: int, replica: int, run_dir: Path, resume: bool, control: Control, device):
-    dataset = load_for_config(cfg.data)
-    specs = specs_for(cfg, dataset.image_shape)
-    seconds = None
-    if cfg.pipeline.partition == "measured":  # rank 0 measures; every stage must use the same partition
-        if index == 0 and replica == 0:
-            control.put("partition/seconds", measure_block_seconds(cfg, dataset, specs, device))
-        seconds = control.get("partition/seconds")
-    bounds = stage_bounds(cfg, specs, seconds)
-    stage = Stage(cfg, specs, *bounds[index], dataset.num_classes, device)
-    heads = [bool(Stage.head_indices(cfg, first, last, len(specs))) for first, last in bounds]
-    fp = fingerprint(cfg, dataset.image_shape, dataset.num_classes)
-    start = 0
-    previous = latest_checkpoint(run_dir) if resume else None
-    if previous is not None:
-        meta, blocks = load_checkpoint(previous, fp)
-        stage.load_state_dict(blocks)
-        start = meta["step"]
-    source = PacketSource(cfg, dataset, device) if index == 0 else None
-    links = _links(cfg, index, replica, heads, device, control)
-    worker = StageWorker(cfg, stage, index, replica, control, links, source, run_dir, dataset.class_names)
-    worker.fault_step = _fault_check(index)
-    coordinator = None
-    if index == 0 and replica == 0:
-        print(partition_table(specs, bounds, negative_streams(cfg), seconds), flush=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run_dir / "config.yaml")
-        o = cfg.optim
-        coordinator = Coordinator(cfg, run_dir, control, cfg.pipeline.stages, fp, len(specs),
-                                  lambda e: lr_at(o.schedule, o.lr, e, cfg.train.epochs, milestones=o.milestones,
-                                                  gamma=o.gamma))
-    return worker, coordinator, start
+def _build(cfg: Config, topology: Topology, control: Control, run_dir: Path, average_grads) -> StageWorker:
+    measured = cfg.pipeline.partition == "measured"  # rank 0 measures; every stage must use its partition
+    if topology.leader:
+        model = Model.build(cfg, topology.device)
+        if measured:
+            control.put("partition/seconds", model.seconds)
+    else:
+        model = Model.build(cfg, topology.device, control.get("partition/seconds") if measured else None)
+    owns_head = [any(i in readout_blocks(cfg, model.num_blocks) for i in range(first, last)) and
+                 cfg.head.mode != "none" for first, last in model.bounds]
+    wire = {"depth": cfg.pipeline.queue_depth, "device": topology.device, "abort_check": control.error}
+    links = Links(prev=Receiver(topology.previous, **wire) if topology.previous is not None else None,
+                  next=Sender(topology.next, **wire) if topology.next is not None else None,
+                  head=HeadChannel(cfg, topology, owns_head, **wire))
+    if topology.leader:
+        print(partition_table(model.specs, model.bounds, negative_streams(cfg), model.seconds), flush=True)
+    return StageWorker(cfg, model, topology, control, links, run_dir, average_grads)
 
 
 def spawn(argv: list[str], cfg: Config, out: str) -> int:

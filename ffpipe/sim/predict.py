@@ -3,7 +3,7 @@
 Everything here is a PREDICTION of the `ffpipe.sim` cost model, labelled so in every output dict; only the
 per-block times (and `bp_step_s` where given) are measurements. For N devices the FF side tries every layout
 of P stages x R replicas with P * R <= N (P <= blocks, R dividing the global batch, as ffpipe requires),
-splits the blocks by measured time with `ffpipe.partition`'s exact min-max split, simulates it and keeps the
+splits the blocks by measured time with `ffpipe.ff.partition`'s exact min-max split, simulates it and keeps the
 fastest. The DDP side is `ffpipe.sim.ddp` at the same global batch, so both sides train on the same samples per step.
 Speedups are over each method's own 1-device step.
 """
@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, replace
 
 from ffpipe.errors import FFPipeError
-from ffpipe.partition import min_max_split
+from ffpipe.ff.partition import min_max_split
 from ffpipe.sim.ddp import simulate_ddp
 from ffpipe.sim.links import Link
 from ffpipe.sim.pipeline import SimResult, simulate_pipeline
@@ -23,7 +23,7 @@ from ffpipe.sim.times import MeasuredTimes
 LABEL = "PREDICTION of the ffpipe.sim cost model from measured per-block times; not a measurement"
 BP_PER_FF = 0.5
 """Backprop step / FF step of the same blocks and batch, used only when no BP step was measured: BP costs F
-(forward) + 2F (input and weight gradients) per sample, FF 3F + 3F (3 streams; `ffpipe.partition`)."""
+(forward) + 2F (input and weight gradients) per sample, FF 3F + 3F (3 streams; `ffpipe.ff.partition`)."""
 
 ANCHORS = {
     "source": "/work/shared/papers/anchors_numbers_and_mechanisms.md (DeeperForward Table 5, CIFAR-10 s/epoch, "
@@ -44,7 +44,7 @@ def json_safe(value):
 
 
 def balanced_counts(times: MeasuredTimes, stages: int) -> list[int]:
-    """Blocks per stage minimizing the slowest stage's measured step time (the same DP `ffpipe.partition` runs
+    """Blocks per stage minimizing the slowest stage's measured step time (the same DP `ffpipe.ff.partition` runs
     for `pipeline.partition: measured`)."""
     if not 1 <= stages <= len(times.blocks):
         raise FFPipeError(f"cannot split {len(times.blocks)} blocks into {stages} stages")

@@ -34,7 +34,7 @@ from ffpipe.sim.pipeline import StageSpec
 HEADER_BYTES = 1024  # ffpipe.pipeline.wire.HEADER_BYTES: 128 int64 (tests/test_sim.py checks they agree)
 FORWARD_FRACTION = 0.5
 """Forward share of a block's step when only the sum is known (metrics.jsonl times forward + update together).
-From `ffpipe.partition`'s cost model: the forward runs 3F over the stacked streams and the weight gradient 3F."""
+From `ffpipe.ff.partition`'s cost model: the forward runs 3F over the stacked streams and the weight gradient 3F."""
 
 _KEYS = {"batch", "blocks", "streams", "forward_fraction", "partition", "replicas", "bp_step_s", "bp_grad_bytes",
          "head_error_bytes", "measured_samples_per_s", "note", "format"}
@@ -188,8 +188,8 @@ def times_from_run(path: Path, epoch: int | None = None) -> MeasuredTimes:
     config.yaml."""
     from ffpipe.config import load_config
     from ffpipe.data.catalog import get_spec
-    from ffpipe.nn import block_specs
-    from ffpipe.partition import block_params
+    from ffpipe.ff.blocks import block_specs
+    from ffpipe.ff.partition import block_params
 
     metrics = path / "metrics.jsonl" if path.is_dir() else path
     config = metrics.parent / "config.yaml"

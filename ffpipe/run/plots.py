@@ -1,4 +1,4 @@
-"""PNG plots of a run: training curves and confusion matrices.
+"""PNG plots: a run's training curves and confusion matrix, and the label grid of `ffpipe labels show`.
 
 Figures are built with `matplotlib.figure.Figure` directly (no `pyplot`), which renders PNG through Agg and
 touches no global backend or figure registry, so plotting works headless and from any thread or process.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,9 +17,10 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from ffpipe.checkpoint import atomic_write_bytes
 from ffpipe.errors import FFPipeError
-from ffpipe.metrics import NOT_ACCURACIES
+from ffpipe.ff.labels.base import LabelEncoder
+from ffpipe.run.checkpoint import atomic_write_bytes
+from ffpipe.run.records import NOT_ACCURACIES
 
 
 def subplots(*grid, figsize: tuple[float, float], **kwargs):
@@ -48,7 +50,7 @@ def _readout_series(records: list[dict], key: str) -> dict[str, tuple[list[int],
     series: dict[str, tuple[list[int], list[float]]] = {}
     for r in records:
         for name, value in (r.get(key) or {}).items():
-            if name in NOT_ACCURACIES or name.endswith(("_ranges", "_range")):
+            if name in NOT_ACCURACIES or name.endswith(("_ranges", "_range", "_blocks")):
                 continue
             for k, v in enumerate(value if isinstance(value, list) else [value], 1):
                 if isinstance(v, bool) or not isinstance(v, int | float):
@@ -82,13 +84,18 @@ def plot_curves(records: list[dict], path: str | os.PathLike) -> Path:
         values = [r["blocks"][i].get(key) if i < len(r["blocks"]) else None for r in train]
         return [v if isinstance(v, int | float) else float("nan") for v in values]
 
+    styles = {"acc_pair": ("-", "pair"), "acc": ("-", "group"), "acc_pos": (":", "pos"), "acc_neg": ("--", "neg")}
+    shown = [k for k in styles if any(k in b for r in train for b in r["blocks"])]
     for i in range(num_blocks):
         c = _color(i)
         axes[0].plot(epochs, block_values(i, "loss"), marker=".", color=c, label=f"block {i}")
-        axes[1].plot(epochs, block_values(i, "acc_pos"), marker=".", color=c, label=f"block {i} pos")
-        axes[1].plot(epochs, block_values(i, "acc_neg"), marker=".", color=c, ls="--", label=f"block {i} neg")
+        for key in shown:
+            ls, name = styles[key]
+            axes[1].plot(epochs, block_values(i, key), marker=".", color=c, ls=ls, label=f"block {i} {name}")
     axes[0].set(title="FF loss per block", xlabel="epoch", ylabel="loss")
-    axes[1].set(title="goodness accuracy (pos solid, neg dashed)", xlabel="epoch", ylabel="accuracy")
+    legend = ", ".join(f"{styles[k][1]} {dict(zip(['-', ':', '--'], ['solid', 'dotted', 'dashed']))[styles[k][0]]}"
+                       for k in shown)
+    axes[1].set(title=f"local accuracy per block ({legend})", xlabel="epoch", ylabel="accuracy")
     if panels == 3:
         last_epoch = epochs[-1]
         for j, (name, (xs, ys)) in enumerate(val.items()):
@@ -160,3 +167,58 @@ def save_confusion(
     doc = {"class_names": list(class_names), "matrix": cm.tolist()}
     atomic_write_bytes(json_path, (json.dumps(doc) + "\n").encode())
     plot_confusion(cm, class_names, png_path)
+
+
+# -- the label grid (seed 000 Figs. 2 and 7) ------------------------------------------------------------
+_MAX_COLUMNS = 6
+_PANEL_INCHES = 2.0
+
+
+def _panel(image: torch.Tensor):
+    """[C, H, W] in [0, 1] -> what imshow wants: [H, W] for gray, [H, W, 3] for colour."""
+    array = image.detach().to("cpu", torch.float32).clamp(0.0, 1.0)
+    return array[0].numpy() if array.shape[0] == 1 else array[:3].permute(1, 2, 0).numpy()
+
+
+def render_label_grid(
+    encoder: LabelEncoder, image: torch.Tensor, path: str | Path, title: str | None = None
+) -> Path:
+    """Write a PNG grid of `image` (float [C, H, W] in [0, 1]) under labels 0..C-1 and the neutral overlay.
+
+    Panels are shown without smoothing (nearest neighbour) so single pixels, e.g. a one-hot code, stay
+    visible. Returns the path written. Encoding "none" has no overlay to show and is an error.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not encoder.overlays:
+        raise FFPipeError(f"encoding {encoder.description} puts no label into the image: nothing to show")
+    if image.dim() != 3 or tuple(image.shape) != encoder.image_shape:
+        raise FFPipeError(
+            f"image to render must have shape {list(encoder.image_shape)}, got {list(image.shape)}"
+        )
+    batch = image.to(encoder.device, torch.float32)[None]
+    with torch.no_grad():
+        variants = torch.cat([encoder.encode_all(batch), encoder.neutral(batch)])
+    names = [f"label {k}" for k in range(encoder.num_classes)] + ["neutral"]
+
+    columns = min(_MAX_COLUMNS, len(names))
+    rows = math.ceil(len(names) / columns)
+    figure = Figure(
+        figsize=(columns * _PANEL_INCHES, rows * (_PANEL_INCHES + 0.25) + 0.4), dpi=100, layout="constrained"
+    )
+    FigureCanvasAgg(figure)
+    for index, axes in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
+        axes.set_axis_off()
+        if index < len(names):
+            axes.imshow(_panel(variants[index]), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            axes.set_title(names[index], fontsize=9)
+    figure.suptitle(title if title is not None else f"labels: {encoder.description}", fontsize=11)
+
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(target, format="png")
+    except OSError as error:
+        raise FFPipeError(f"cannot write label grid to {target}: {error.strerror or error}") from None
+    return target

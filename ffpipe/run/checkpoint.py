@@ -6,7 +6,7 @@ A checkpoint is a directory `RUN/checkpoints/epoch-000N/` holding one shard per 
 
 Why this layout:
 
-- *Partition independence.* Each FF block owns its module, optimizer and head state (see `ffpipe.optim`), and
+- *Partition independence.* Each FF block owns its module, optimizer and head state (see `ffpipe.ff.optim`), and
   the state is keyed by the *global* block index. Loading merges all shards into one `{index: state}` dict, so
   a run saved with stages (0-1, 2-3) resumes with stages (0, 1-3) or in a single process.
 - *Stages save in parallel.* Every stage writes its own shard; nothing is funnelled through one process.
@@ -18,7 +18,7 @@ Why this layout:
   the target with `os.replace`. A crash leaves the old file or the new one, never a partial one.
 - *Safe loading.* Shards are read with `torch.load(weights_only=True)`: tensors, numbers, strings, lists,
   tuples and dicts only. A shard that smuggles an arbitrary class is refused instead of executed.
-- *No scheduler state.* LR schedules are a pure function of the epoch (`ffpipe.optim.lr_at`).
+- *No scheduler state.* LR schedules are a pure function of the epoch (`ffpipe.ff.optim.lr_at`).
 """
 
 from __future__ import annotations

@@ -51,8 +51,11 @@ def group_rms_norm(x: Tensor, groups: int, eps: float = 1e-8) -> Tensor:
     return (grouped * (grouped.square().mean(dim=-1, keepdim=True) + eps).rsqrt()).reshape(x.shape)
 
 
-def make_norm(kind: str, groups: int, eps: float) -> Callable[[Tensor], Tensor]:
-    """The between-block normalization named by `model.norm`; `group` splits into `groups` (the classes)."""
+def between_blocks(model_cfg, groups: int) -> Callable[[Tensor], Tensor]:
+    """The normalization every block's output gets before the next block, as `model.norm` names it (`group`
+    splits into `groups`, the classes): the one place the FF stages, the BP twin and the probes take it from.
+    `model_cfg` is an `ffpipe.config.ModelConfig`."""
+    kind, eps = model_cfg.norm, model_cfg.eps
     if kind == "rms":
         return lambda x: rms_norm(x, eps)
     if kind == "group":

@@ -2,7 +2,7 @@
 
 A pipeline runs at the pace of its slowest stage (the bottleneck bound), so `flops` (default) minimizes the
 largest stage's estimated training cost, and `measured` does the same with block times measured for a few
-steps on the real device (`ffpipe.network.measure_block_seconds`). Our cost model per sample and block, with
+steps on the real device (`ffpipe.run.model.measure_block_seconds`). Our cost model per sample and block, with
 F = the block's forward FLOPs per sample (`BlockSpec.flops`) and k negative streams: the forward pass runs
 the 2 + k streams (pos, k neg, neutral) and the weight gradient the 1 + k that carry a loss (`Stage` runs
 the neutral rows without autograd; BatchNorm blocks run all with autograd, a detail the estimate ignores);
@@ -15,7 +15,7 @@ The constant factor does not change the partition; it makes the printed estimate
 from __future__ import annotations
 
 from ffpipe.errors import FFPipeError
-from ffpipe.nn import BlockSpec
+from ffpipe.ff.blocks import BlockSpec
 
 
 def block_costs(specs: list[BlockSpec], negatives: int = 1) -> list[int]:

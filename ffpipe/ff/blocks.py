@@ -1,8 +1,8 @@
 """FF blocks: one trainable layer each (linear or conv), described by a frozen `BlockSpec`.
 
 A block maps the (normalized) output of the previous block to its activity y, post activation and pooling,
-before normalization; the goodness objectives (`ffpipe.nn.objective`) read y, the Stage normalizes y
-(`ffpipe.nn.norm`) before the next block. The Stage runs the positive, negative and neutral streams through a
+before normalization; the goodness objectives (`ffpipe.ff.objectives`) read y, the Stage normalizes y
+(`ffpipe.ff.norm`) before the next block. The Stage runs the positive, negative and neutral streams through a
 block as one concatenated batch [3B, ...] (one large matmul is faster than three small ones), so every op here
 treats samples independently, with one exception: BatchNorm, whose training-mode statistics are taken over the
 whole concatenated batch, positive, negative and neutral samples together. Nothing here detaches; the Stage
@@ -17,12 +17,23 @@ first, so a linear block can follow a conv block.
 Weights depend only on (seed, block index): `build_block` draws them from a CPU generator seeded by a hash of
 the pair, so splitting the same model into different pipeline stages, or building one block alone on a
 worker, gives bitwise the same initial weights.
+
+Activations: Block activations: plain ReLU and loeweX's full-gradient ReLU.
+
+FF's goodness is a sum of squared ReLU outputs. loeweX's Forward-Forward code (`ReLU_full_grad`) keeps the
+forward ReLU but passes the incoming gradient through unchanged, as if the unit were linear: the backward of
+y = relu(z) is dL/dz = dL/dy. The goodness part of dL/dy is 2y·dL/dg, zero at y = 0 either way; what changes
+is the peer-normalization term, which is linear in a unit's mean activity. With the plain ReLU it cannot
+reach a unit that is off for the whole batch; with the full-gradient ReLU it raises that unit's
+pre-activation until the unit turns on again, so dead units recover. This is a straight-through estimator,
+not a paper equation; `model.activation: relu_fullgrad` turns it on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +41,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ffpipe.errors import FFPipeError
-from ffpipe.nn.activation import ACTIVATIONS, get_activation
 
 KINDS = ("linear", "conv")
 PADDINGS = ("same", "valid")
@@ -218,3 +228,31 @@ def block_specs(model_cfg, input_shape: tuple[int, int, int]) -> list[BlockSpec]
         specs.append(spec)
         shape = spec.out_shape
     return specs
+
+
+ACTIVATIONS = ("relu", "relu_fullgrad")
+
+
+class _ReLUFullGrad(torch.autograd.Function):
+    """relu forward, identity backward."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:
+        return z.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> Tensor:
+        return grad_output
+
+
+def relu_fullgrad(z: Tensor) -> Tensor:
+    """`relu(z)` in the forward pass; the gradient flows to `z` unchanged, also where z < 0."""
+    return _ReLUFullGrad.apply(z)
+
+
+def get_activation(name: str) -> Callable[[Tensor], Tensor]:
+    if name == "relu":
+        return torch.relu
+    if name == "relu_fullgrad":
+        return relu_fullgrad
+    raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")

@@ -10,9 +10,9 @@ from numbers import Integral
 import torch
 
 from ffpipe.errors import FFPipeError
-from ffpipe.labels.base import ChannelGroupEncoder, LabelEncoder, check_image_shape
-from ffpipe.labels.fourier import FourierEncoder
-from ffpipe.labels.onehot import OneHotEncoder
+from ffpipe.ff.labels.base import ChannelGroupEncoder, LabelEncoder, check_image_shape
+from ffpipe.ff.labels.fourier import FourierEncoder
+from ffpipe.ff.labels.onehot import OneHotEncoder
 
 ENCODINGS = ("onehot", "fourier", "none")
 

@@ -3,7 +3,7 @@
 Every FF block and every head slice gets its *own* optimizer instance. FF trains each layer on a local
 objective, so nothing couples the optimizers of two blocks; keeping them separate means a pipeline stage
 owns all the state of the blocks it holds, and a checkpoint written by one partition of the blocks into
-stages can be loaded by any other partition (see `ffpipe.checkpoint`).
+stages can be loaded by any other partition (see `ffpipe.run.checkpoint`).
 
 Schedules are a pure function of the epoch (`lr_at`). The trainer calls `set_lr(opt, lr_at(...))` at the start
 of every epoch instead of keeping a `torch.optim.lr_scheduler` object. Because the learning rate is recomputed

@@ -13,7 +13,7 @@ kernel positions never see it. It is here as the baseline for MLPs and to reprod
 import torch
 from torch import Tensor
 
-from ffpipe.labels.base import LabelEncoder
+from ffpipe.ff.labels.base import LabelEncoder
 
 
 class OneHotEncoder(LabelEncoder):

@@ -41,8 +41,8 @@ import torch
 from torch import Tensor
 
 from ffpipe.errors import FFPipeError
-from ffpipe.labels.base import LabelEncoder
-from ffpipe.labels.waves import fourier_patterns
+from ffpipe.ff.labels.base import LabelEncoder
+from ffpipe.ff.labels.waves import fourier_patterns
 
 DARK_MEAN = 1e-6
 _IMAGE_DIMS = (-3, -2, -1)

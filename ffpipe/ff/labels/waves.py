@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from ffpipe.errors import FFPipeError
-from ffpipe.labels.base import check_image_shape
+from ffpipe.ff.labels.base import check_image_shape
 
 LABEL_SETS = (1, 2)
 MAX_CLASSES = 10

@@ -1,0 +1,147 @@
+"""What crosses a stage boundary: the streams as one tensor, plus the running readout accumulators.
+
+All streams of a minibatch travel as ONE tensor stacked along the batch dimension, so a block runs the
+positive and negative streams as one matmul (or conv) instead of one per stream (measured on CPU, separate
+small matmuls made FF cost 1.7× BP per sample); `Stage` gives the loss-free neutral rows their own no-grad
+call so the weight gradient skips them. The row layout is fixed by the packet's `view`:
+
+| view      | rows of `x`                                    | used by                          |
+|-----------|------------------------------------------------|----------------------------------|
+| `train`   | pos B, neg k·B, neutral B (overlay families)   | Stage.step                       |
+|           | image B (group_ce: no overlay, no negatives)   |                                  |
+| `plain`   | neutral B (or the image for group_ce)          | linear / group readouts, exits   |
+| `overlay` | C·B rows, label-major: rows kB:(k+1)B = label k | goodness readout (seed 000 eq. 4) |
+
+`logits` is the running `[B, C]` sum of the head slices; `scores` the running `[B, C]` goodness (overlay
+view) or group goodness (group_ce); `exits` one early-exit prediction row per stage already passed.
+
+The packet source: Stage 0's job: turn minibatches of images into packets of positive, negative and neutral streams.
+
+With `data.labels.negatives_per_image` = k, every image appears under k distinct wrong labels, one negative
+stream each (k = 1 is the papers' setting).
+
+Negative sampling lives here, at the head of the network, with a generator seeded by (seed, step) only, so
+the stream of packets is the same whatever the partition into stages and wherever a run was resumed, even
+in the middle of an epoch.
+The network input gets the same RMS normalization as every block output (seed 000 eq. 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import torch
+
+from ffpipe.config import Config
+from ffpipe.data import Dataset, Split, epoch_batches, num_batches
+from ffpipe.ff.labels import make_encoder, sample_distinct_negatives
+from ffpipe.ff.norm import rms_norm
+
+VIEWS = ("train", "plain", "overlay")
+
+
+def negative_streams(cfg) -> int:
+    """Negative streams per image in a train packet: `data.labels.negatives_per_image`, or 0 for group_ce,
+    whose packets carry the plain image only (`cfg` is an `ffpipe.config.Config`)."""
+    return 0 if cfg.loss.family == "group_ce" else cfg.data.labels.negatives_per_image
+
+
+@dataclass
+class Packet:
+    view: str
+    x: torch.Tensor
+    y: torch.Tensor
+    step: int = 0
+    epoch: int = 0
+    logits: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    exits: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        """Samples in the minibatch (not rows of `x`)."""
+        return len(self.y)
+
+    def rows(self, stream: str, negatives: int) -> slice:
+        """Rows of `x` holding `stream` ("pos", "neg", "neutral") in a train packet with `negatives` negative
+        streams per image (0: group_ce's one plain stream). Negative stream i holds rows (1+i)B..(2+i)B."""
+        n = self.n
+        if not negatives:
+            return slice(0, n)
+        return {"pos": slice(0, n), "neg": slice(n, (1 + negatives) * n),
+                "neutral": slice((1 + negatives) * n, (2 + negatives) * n)}[stream]
+
+    def evolve(self, **changes) -> Packet:
+        return replace(self, **changes)
+
+    def shard(self, replica: int, replicas: int) -> Packet:
+        """Replica `replica`'s contiguous share of every stream (pipeline × data parallel, at stage 0)."""
+        if replicas == 1:
+            return self
+        n, m = self.n, self.n // replicas
+        streams = len(self.x) // n
+        rows = slice(replica * m, (replica + 1) * m)
+        x = self.x.view(streams, n, *self.x.shape[1:])[:, rows].reshape(streams * m, *self.x.shape[1:])
+        return self.evolve(x=x, y=self.y[rows])
+
+    def add_exit(self, prediction: torch.Tensor) -> torch.Tensor:
+        row = prediction.unsqueeze(0)
+        return row if self.exits is None else torch.cat([self.exits, row])
+
+
+def derived_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (no Python `hash`, which is salted per process for str)."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value * 6364136223846793005 + part + 1442695040888963407) % (1 << 63)
+    return value
+
+
+class PacketSource:
+    def __init__(self, cfg: Config, dataset: Dataset, device: torch.device | str = "cpu"):
+        self.cfg, self.dataset = cfg, dataset
+        self.device = torch.device(device)
+        lab = cfg.data.labels
+        self.encoder = make_encoder(lab.encoding, dataset.num_classes, dataset.image_shape,
+                                    label_set=lab.label_set, k=lab.k, k_reading=lab.k_reading,
+                                    device=self.device)
+        self.overlays = self.encoder.overlays
+        self.negatives = negative_streams(cfg)
+        self.neutral = cfg.head.mode != "none"
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return num_batches(len(self.dataset.train), self.cfg.data.batch_size, drop_last=True)
+
+    def network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the first block sees: the (labelled) images, RMS-normalized like every block output."""
+        return rms_norm(x, self.cfg.model.eps)
+
+    def train_packets(self, epoch: int, start_step: int = 0) -> Iterator[Packet]:
+        """The packets of one epoch (1-indexed), from its `start_step`-th batch on; `Packet.step` counts
+        optimizer steps from the start of training (the first step is 1)."""
+        seed = self.cfg.train.seed
+        first_step = (epoch - 1) * self.steps_per_epoch
+        batches = epoch_batches(self.dataset.train, self.cfg.data.batch_size, seed=seed, epoch=epoch,
+                                device=self.device, start_batch=start_step)
+        gen = torch.Generator(device=self.device)
+        for i, (x, y) in enumerate(batches, start=start_step):
+            if self.overlays:
+                gen.manual_seed(derived_seed(seed, first_step + i + 1))
+                wrong = sample_distinct_negatives(y, self.dataset.num_classes, self.negatives, gen)
+                streams = [self.encoder.encode(x, y)] + [self.encoder.encode(x, y_neg) for y_neg in wrong]
+                if self.neutral:
+                    streams.append(self.encoder.neutral(x))
+                x = torch.cat(streams)
+            yield Packet("train", self.network_input(x), y, step=first_step + i + 1, epoch=epoch)
+
+    def eval_packets(self, split: Split, view: str) -> Iterator[Packet]:
+        """`plain` (neutral stream, or the bare image for group_ce) or `overlay` (all C labels, batched)."""
+        for x, y in epoch_batches(split, self.cfg.data.eval_batch_size, seed=0, epoch=0, shuffle=False,
+                                  drop_last=False, device=self.device):
+            if view == "overlay":
+                x = self.encoder.encode_all(x)
+            elif self.overlays:
+                x = self.encoder.neutral(x)
+            yield Packet(view, self.network_input(x), y)

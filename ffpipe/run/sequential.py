@@ -1,0 +1,168 @@
+"""The sequential runner: every stage of the network, one after another, in one process.
+
+It is the reference the pipeline is proven against, and the way to debug a partition: the stages are the
+very `Stage` objects a pipeline would run, called in order on each packet; the `joint` head error is applied
+right after the last stage, so here the head is exactly the papers' classifier. Also home of `evaluate`,
+the one sequential pass over a split that `ffpipe eval` and the lab's probes use too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ffpipe.config import Config, from_dict
+from ffpipe.data import Split
+from ffpipe.errors import FFPipeError
+from ffpipe.ff.head import Tally, joint_error, readout_blocks, views_for
+from ffpipe.ff.packet import Packet, PacketSource
+from ffpipe.ff.stage import Stage
+from ffpipe.pipeline.topology import choose_device
+from ffpipe.run import loop
+from ffpipe.run.checkpoint import latest_checkpoint, resolve_checkpoint
+from ffpipe.run.console import TrainView
+from ffpipe.run.measure import MemoryMeter, device_clock
+from ffpipe.run.model import Model
+from ffpipe.run.plots import save_confusion
+from ffpipe.run.records import BlockMeter
+
+
+def evaluate(cfg: Config, stages: list[Stage], source: PacketSource, split: Split) -> Tally:
+    """Every readout of `cfg` on `split`, the stages run one after another on each batch."""
+    tally = Tally(list(cfg.head.readouts), readout_blocks(cfg, stages[-1].last))
+    for view in views_for(cfg):
+        t0 = time.perf_counter()
+        for packet in source.eval_packets(split, view):
+            for stage in stages:
+                packet = stage.evaluate(packet)
+            tally.add(packet)
+        tally.add_time(view, time.perf_counter() - t0)
+    return tally
+
+
+class SequentialRunner:
+    leader = True
+    progress_bar = True
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.model = Model.build(cfg, choose_device(cfg.train.device)[0])
+        self.stages = self.model.stages()
+        self.source = self.model.source()
+        self.steps_per_epoch = self.source.steps_per_epoch
+        self.clock = device_clock(self.model.device)
+        self._epoch: dict = {}
+        self._test: Tally | None = None
+
+    def live(self, console) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def start(self, run_dir: Path, resume: bool) -> int:
+        previous = latest_checkpoint(run_dir) if resume else None
+        step = self.model.load(previous, self.stages)["step"] if previous is not None else 0
+        self.memory = MemoryMeter(self.model.device)  # after data load and model build: see MemoryMeter
+        return step
+
+    def set_epoch(self, epoch: int) -> float:
+        for stage in self.stages:
+            stage.set_epoch(epoch, self.cfg.train.epochs)
+        return self.stages[0].lr
+
+    def train(self, epoch: int, start: int, stop: int, view: TrainView) -> None:
+        meters = [BlockMeter(stage.stat_names) for stage in self.stages]
+        t0, seen, correct = time.perf_counter(), 0, torch.zeros((), device=self.model.device)
+        for packet in self.source.train_packets(epoch, start % self.steps_per_epoch):
+            loss, out = self.train_step(packet, meters)
+            seen += packet.n
+            if out.logits is not None:
+                correct += (out.logits.argmax(dim=1) == out.y).sum()
+            if packet.step % 10 == 0 or packet.step == stop:
+                view.update(packet.step, epoch, float(loss), float(correct) / seen, seen / (time.perf_counter() - t0))
+            if packet.step == stop:
+                break
+        self._epoch = {"meters": meters, "train_s": time.perf_counter() - t0, "seen": seen, "correct": correct}
+
+    def train_step(self, packet: Packet, meters: list[BlockMeter]) -> tuple[torch.Tensor, Packet]:
+        """One step through all stages, then the joint head's error. Returns the mean block loss (a tensor:
+        no host sync) and the last stage's packet."""
+        step, losses = packet.step, []
+        for stage, meter in zip(self.stages, meters):
+            computed = stage.step(packet, self.clock)
+            meter.add(computed.blocks, packet.n)
+            losses += [block.stats[0] for block in computed.blocks]
+            packet = computed.out
+        if packet.logits is not None and self.cfg.head.mode == "joint":
+            error = joint_error(packet.logits, packet.y)
+            for stage in self.stages:
+                stage.apply_head_error(step, error)
+        return torch.stack(losses).mean(), packet
+
+    def end_epoch(self, epoch: int, step: int, evaluate_now: bool) -> tuple[dict, dict | None]:
+        for stage in self.stages:
+            stage.check_finite(epoch)
+        e = self._epoch
+        train_s, seen = e["train_s"], e["seen"]
+        fields = {"train_s": train_s, "samples_per_s": seen / train_s if train_s > 0 else 0.0,
+                  "head_train_acc": float(e["correct"]) / seen if seen else None,
+                  "blocks": [row for meter in e["meters"] for row in meter.rows()], **self.memory.read()}
+        val = evaluate(self.cfg, self.stages, self.source, self.model.dataset.val).result() if evaluate_now else None
+        return fields, val
+
+    def checkpoint(self, run_dir: Path, epoch: int, step: int) -> None:
+        for stage in self.stages:
+            self.model.save_shard(run_dir, epoch, stage)
+        self.model.complete_checkpoint(run_dir, epoch, step)
+
+    def test(self, step: int) -> dict:
+        self._test = evaluate(self.cfg, self.stages, self.source, self.model.dataset.test)
+        return self._test.result()
+
+    def finish(self, run_dir: Path) -> None:
+        found = self._test.confusion(self.model.dataset.num_classes) if self._test else None
+        if found is not None:
+            save_confusion(found[1], self.model.dataset.class_names, run_dir / "confusion.json",
+                           run_dir / "confusion.png")
+
+
+def train(cfg: Config, out: str | None = None, resume: bool = False) -> dict:
+    """Train `cfg` sequentially in this process; returns the summary {run_dir, step, val, test}.
+
+    A checkpoint is written at every epoch end and where `train.max_steps` stops the run; `resume` continues
+    from the newest one, mid-epoch if need be (data order and negatives depend only on seed, epoch and step).
+    """
+    return loop.train(SequentialRunner(cfg), loop.run_dir_for(cfg, out), resume)
+
+
+def load_checkpoint_model(path: str | Path, data_dir: str | None = None) -> tuple[Model, list[Stage], dict]:
+    """Rebuild a run's network from a checkpoint's own config, as one stage on the CPU, whatever partition
+    and device it trained with (checkpoints are keyed by global block index); returns it with the manifest."""
+    ckpt = resolve_checkpoint(path)
+    meta = json.loads((ckpt / "manifest.json").read_text())
+    cfg = from_dict(meta["config"])
+    cfg.pipeline = dataclasses.replace(cfg.pipeline, stages=1, replicas=1, partition="flops")
+    cfg.train = dataclasses.replace(cfg.train, device="cpu", compile=False)
+    if data_dir is not None:
+        cfg.data.dir = data_dir
+    model = Model.build(cfg, torch.device("cpu"))
+    stages = model.stages()
+    model.load(ckpt, stages)
+    return model, stages, {**meta, "checkpoint": str(ckpt)}
+
+
+def evaluate_checkpoint(path: str, split: str = "test", readout: str = "all", data_dir: str | None = None) -> dict:
+    """`ffpipe eval`: score a checkpoint on a split with the readouts it trained."""
+    model, stages, meta = load_checkpoint_model(path, data_dir)
+    cfg = model.cfg
+    if readout != "all":
+        if readout not in cfg.head.readouts:
+            raise FFPipeError(f"readout '{readout}' was not trained in this run; it has {cfg.head.readouts}")
+        cfg.head.readouts = [readout]
+    result = evaluate(cfg, stages, model.source(), model.dataset.split(split)).result()
+    accuracy = {k: v for k, v in result.items() if k in ("linear", "goodness", "group")}
+    return {"split": split, "accuracy": accuracy, "n": result["n"], "exit": result["exit"],
+            "epoch": meta["epoch"], "checkpoint": meta["checkpoint"]}
