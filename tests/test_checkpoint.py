@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
-from ffpipe.run import checkpoint as ck
 from ffpipe.errors import FFPipeError
+from ffpipe.run import checkpoint as ck
 
 FINGERPRINT = {"model": {"width": 32, "depth": 4, "kernel": (3, 3)}, "dataset": "mnist"}
 
