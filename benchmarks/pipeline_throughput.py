@@ -18,7 +18,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from ffpipe.bench import runner
+from ffpipe.lab.bench import runner
 
 OUT = runner.ROOT / "benchmarks" / "results" / "pipeline"
 MLP = """\

@@ -9,7 +9,7 @@ benchmarks/results/throughput_quick/). What is measured and how: `ffpipe/bench/t
 
 import sys
 
-from ffpipe.bench.throughput import main
+from ffpipe.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", "throughput", *sys.argv[1:]]))

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ffpipe.bench import runner
+from ffpipe.lab.bench import runner
 from ffpipe.pipeline.wire import Kind, Receiver, Sender, configure_process
 from ffpipe.run.plots import save_png, subplots
 

@@ -1,17 +1,16 @@
 """Class activation maps (seed 000 §3.3): the analytic map of a hand-built head, and a tiny trained CNN."""
 
-import argparse
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import run_cli
 from torch import nn
 
-from ffpipe.analysis.cam import check_cam_layers, class_activation_map, compute_cams, upsample_density
-from ffpipe.analysis.cli import add_parser
-from ffpipe.analysis.probe import load_probe
 from ffpipe.config import load_config
 from ffpipe.errors import FFPipeError
+from ffpipe.lab.analysis.cam import check_cam_layers, class_activation_map, compute_cams, upsample_density
+from ffpipe.lab.analysis.probe import load_probe
 from ffpipe.run.sequential import load_checkpoint_model, train
 
 CONV = ["model.type=conv", "model.depth=3", "model.width=4", "model.kernel=3", "model.pool=[0,0,2]",
@@ -76,17 +75,13 @@ def test_cams_split_the_networks_own_logits(conv_run):
 
 
 def test_cam_command_writes_the_picture(conv_run, tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="ffpipe")
-    add_parser(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "cam.png"
-    args = parser.parse_args(["analyze", "cam", "--checkpoint", str(conv_run), "--n", "3", "--layers", "1,2",
-                              "--out", str(out)])
-    assert args.func(args) == 0
+    assert run_cli("analyze", "cam", "--checkpoint", str(conv_run), "--n", "3", "--layers", "1,2",
+                   "--out", str(out)) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "CAMs of 3 val images" in capsys.readouterr().out
-    args = parser.parse_args(["analyze", "cam", "--checkpoint", str(conv_run), "--layers", "0"])
     with pytest.raises(FFPipeError, match="block\\(s\\) 0 have no linear-head slice; blocks with one: 1, 2"):
-        args.func(args)
+        run_cli("analyze", "cam", "--checkpoint", str(conv_run), "--layers", "0")
 
 
 def test_an_mlp_has_no_maps():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import yaml
 
-from ffpipe.analysis.dynamics import analyze, correlation, first_reach, write_dynamics
-from ffpipe.analysis.runs import find_runs, grid_axes
 from ffpipe.errors import FFPipeError
+from ffpipe.lab.analysis.dynamics import analyze, correlation, first_reach, write_dynamics
+from ffpipe.lab.analysis.runs import find_runs, grid_axes
 
 pytest.importorskip("scipy")
 
@@ -109,7 +109,7 @@ def test_too_few_pairs_or_a_constant_series_has_no_correlation():
 
 
 def test_layer_metric_picks_threshold_or_pair_accuracy():
-    from ffpipe.analysis.runs import layer_accuracy
+    from ffpipe.lab.analysis.runs import layer_accuracy
 
     bce = {"acc_pos": 0.6, "acc_neg": 0.8, "acc_pair": 0.9}
     symba = {"acc_pair": 0.95}

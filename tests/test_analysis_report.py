@@ -7,12 +7,12 @@ import math
 import pytest
 import yaml
 
-from ffpipe.analysis.grid import Axis, expand, parse_axis, parse_seeds, short_keys
-from ffpipe.analysis.report import report, write_report
-from ffpipe.analysis.runs import find_runs, grid_axes, group_runs
-from ffpipe.analysis.sweep import run_state
 from ffpipe.config import dump_config, load_config
 from ffpipe.errors import FFPipeError
+from ffpipe.lab.analysis.grid import Axis, expand, parse_axis, parse_seeds, short_keys
+from ffpipe.lab.analysis.report import report, write_report
+from ffpipe.lab.analysis.runs import find_runs, grid_axes, group_runs
+from ffpipe.lab.analysis.sweep import run_state
 
 
 def write_run(path, config, epochs, test=None):

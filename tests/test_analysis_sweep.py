@@ -1,18 +1,17 @@
 """`ffpipe sweep` in this process: run directories, aggregate files, skipping finished runs, resuming others."""
 
-import argparse
 import csv
 import json
 
 import pytest
 import torch
+from conftest import run_cli
 
-import ffpipe.analysis.sweep as sweep_mod
-from ffpipe.analysis.cli import add_parser
-from ffpipe.analysis.grid import parse_axis
-from ffpipe.analysis.sweep import SweepPlan, run_sweep
+import ffpipe.lab.analysis.sweep as sweep_mod
 from ffpipe.config import load_config
 from ffpipe.errors import FFPipeError
+from ffpipe.lab.analysis.grid import parse_axis
+from ffpipe.lab.analysis.sweep import SweepPlan, run_sweep
 from ffpipe.run.checkpoint import latest_checkpoint, load_checkpoint
 from ffpipe.run.sequential import train
 
@@ -43,10 +42,7 @@ def train_calls(monkeypatch):
 
 
 def cli(*argv):
-    parser = argparse.ArgumentParser(prog="ffpipe")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
-    return args.func(args)
+    return run_cli(*argv)
 
 
 def sets(*items):

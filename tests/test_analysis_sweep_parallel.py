@@ -2,8 +2,8 @@
 
 import json
 
-from ffpipe.analysis.grid import parse_axis
-from ffpipe.analysis.sweep import SweepPlan, _command, run_sweep
+from ffpipe.lab.analysis.grid import parse_axis
+from ffpipe.lab.analysis.sweep import SweepPlan, _command, run_sweep
 
 TINY = ["model.type=linear", "model.depth=2", "model.width=8", "data.batch_size=50",
         "data.labels.encoding=onehot", "head.readouts=[linear]", "train.progress=false", "train.max_steps=2"]

@@ -1,28 +1,20 @@
 """t-SNE of block activity (seed 004 Figs. 4-5) and its separation score; a clear line without scikit-learn."""
 
-import argparse
 import json
 import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
-from ffpipe.analysis.cli import add_parser
-from ffpipe.analysis.tsne import parse_layers
 from ffpipe.config import load_config
 from ffpipe.errors import FFPipeError
+from ffpipe.lab.analysis.tsne import parse_layers
 from ffpipe.run.sequential import train
 
 MLP = ["model.type=linear", "model.depth=2", "model.width=16", "data.batch_size=50",
        "data.labels.encoding=onehot", "head.readouts=[linear]", "train.progress=false", "train.max_steps=3"]
-
-
-def run_cli(*argv):
-    parser = argparse.ArgumentParser(prog="ffpipe")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
-    return args.func(args)
 
 
 def test_tsne_embeds_every_layer_and_scores_it(tmp_path, capsys):
@@ -47,7 +39,7 @@ def test_tsne_embeds_every_layer_and_scores_it(tmp_path, capsys):
 
 def test_separation_score_of_clear_clusters():
     pytest.importorskip("sklearn")
-    from ffpipe.analysis.tsne import separation
+    from ffpipe.lab.analysis.tsne import separation
 
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 20)

@@ -7,15 +7,15 @@ the joint head's error round trip; replicas' ring all-reduce; DDP's cost formula
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
 
 import pytest
+from conftest import run_cli
 
 from ffpipe.errors import FFPipeError
-from ffpipe.sim import (
+from ffpipe.lab.sim import (
     PRESETS,
     Link,
     StageSpec,
@@ -28,8 +28,8 @@ from ffpipe.sim import (
     simulate_pipeline,
     times_from_dict,
 )
-from ffpipe.sim.command import add_parser, render
-from ffpipe.sim.times import FORWARD_FRACTION, HEADER_BYTES, activation_bytes, times_from_run
+from ffpipe.lab.sim.commands import render
+from ffpipe.lab.sim.times import FORWARD_FRACTION, HEADER_BYTES, activation_bytes, times_from_run
 
 IDEAL = link_preset("ideal")
 
@@ -290,15 +290,11 @@ def test_predictions_are_labelled_and_consistent():
 def test_simulate_command(tmp_path, capsys):
     path = tmp_path / "times.json"
     path.write_text(json.dumps({**TIMES, "bp_step_s": 0.02}))
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers())
-    args = parser.parse_args(["simulate", "--times", str(path), "--devices", "2,4", "--link", "ib-hdr", "--json"])
-    assert args.func(args) == 0
+    assert run_cli("bench", "simulate", "--times", str(path), "--devices", "2,4", "--link", "ib-hdr", "--json") == 0
     out = json.loads(capsys.readouterr().out)
     assert [row["devices"] for row in out["rows"]] == [2, 4] and out["bp_1_device"]["step_source"] == "measured"
     assert out["link"]["bandwidth_GBps"] == 24.0
-    args = parser.parse_args(["simulate", "--times", str(path), "--link", "nope"])
     with pytest.raises(FFPipeError, match="unknown link"):
-        args.func(args)
+        run_cli("bench", "simulate", "--times", str(path), "--link", "nope")
     with pytest.raises(SystemExit):
-        parser.parse_args(["simulate", "--times", str(path), "--devices", "0"])
+        run_cli("bench", "simulate", "--times", str(path), "--devices", "0")

@@ -1,12 +1,12 @@
-"""ffpipe.sim.validate: predicting a measured run from a separate 1-process profile, with the cores cap."""
+"""ffpipe.lab.sim.validate: predicting a measured run from a separate 1-process profile, with the cores cap."""
 
 from __future__ import annotations
 
 import pytest
 
 from ffpipe.errors import FFPipeError
-from ffpipe.sim import link_preset, times_from_dict
-from ffpipe.sim.validate import one_process_rate, predict_measured, relative_error
+from ffpipe.lab.sim import link_preset, times_from_dict
+from ffpipe.lab.sim.validate import one_process_rate, predict_measured, relative_error
 
 
 def _profile(*compute_s: float, batch: int = 100):

@@ -11,10 +11,12 @@ per-epoch shuffle happens later.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 import torch
 
+from ffpipe.config.sections import ValSplit
 from ffpipe.errors import FFPipeError
 
 SPLITS = ("train", "val", "test")
@@ -72,7 +74,7 @@ def check_split_seed(split_seed: int) -> None:
         raise FFPipeError(f"split_seed must be a non-negative integer, got {split_seed!r}")
 
 
-VAL_SPLITS = ("random", "last")
+VAL_SPLITS = get_args(ValSplit)
 
 
 def split_train_val(

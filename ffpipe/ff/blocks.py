@@ -35,16 +35,18 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ffpipe.config.sections import Activation, Init, ModelType, Padding
 from ffpipe.errors import FFPipeError
 
-KINDS = ("linear", "conv")
-PADDINGS = ("same", "valid")
-INITS = ("default", "loewe")
+KINDS = get_args(ModelType)
+PADDINGS = get_args(Padding)
+INITS = get_args(Init)
 
 
 @dataclass(frozen=True)
@@ -164,8 +166,6 @@ class FFBlock(nn.Module):
         z = self.layer(x)
         if self.spec.preact_norm == "layer":
             z = F.layer_norm(z, z.shape[1:])
-        elif self.spec.preact_norm == "rms":
-            z = z * (z.square().mean(dim=tuple(range(1, z.dim())), keepdim=True) + 1e-8).rsqrt()
         y = self.act(z)
         if self.spec.pool:
             y = F.max_pool2d(y, self.spec.pool)
@@ -230,7 +230,7 @@ def block_specs(model_cfg, input_shape: tuple[int, int, int]) -> list[BlockSpec]
     return specs
 
 
-ACTIVATIONS = ("relu", "relu_fullgrad")
+ACTIVATIONS = get_args(Activation)
 
 
 class _ReLUFullGrad(torch.autograd.Function):

@@ -23,12 +23,14 @@ over the whole block) is the papers' default.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import get_args
 
 from torch import Tensor
 
+from ffpipe.config.sections import Norm
 from ffpipe.errors import FFPipeError
 
-NORMS = ("rms", "group")
+NORMS = get_args(Norm)
 
 
 def rms_norm(x: Tensor, eps: float = 1e-8) -> Tensor:

@@ -78,15 +78,18 @@ in training mode, so an evaluation loss does not move it.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ffpipe.config import LossConfig
+from ffpipe.config.sections import Family, Goodness, GroupGoodness
 from ffpipe.errors import FFPipeError
 from ffpipe.ff.blocks import BlockSpec
 
-FAMILIES = ("bce", "symba", "hinge", "group_ce")
+FAMILIES = get_args(Family)
 
 
 def split_streams(t: Tensor, n: int, k: int) -> tuple[Tensor, ...]:
@@ -120,7 +123,7 @@ class Objective(nn.Module):
         self.spec = spec
         self.num_classes = num_classes
         self.reduction = cfg.goodness
-        if cfg.goodness not in ("sum", "mean"):
+        if cfg.goodness not in get_args(Goodness):
             raise FFPipeError(f"config loss.goodness: '{cfg.goodness}' is not one of sum, mean")
         default = float(spec.units) if cfg.goodness == "sum" else 1.0
         self.threshold = float(cfg.threshold) if cfg.threshold is not None else default
@@ -240,7 +243,7 @@ class GroupCEObjective(Objective):
                               f"{'channels' if spec.kind == 'conv' else 'units'} into {num_classes} class "
                               f"groups: model.width must be a multiple of {num_classes}")
         self.group_goodness = cfg.group_goodness
-        if cfg.group_goodness not in ("mean_sq", "mean"):
+        if cfg.group_goodness not in get_args(GroupGoodness):
             raise FFPipeError(f"config loss.group_goodness: '{cfg.group_goodness}' is not mean_sq or mean")
         self.threshold = 0.0
 

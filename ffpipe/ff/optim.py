@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import get_args
 
 import torch
 
+from ffpipe.config.sections import Optimizer, Schedule
 from ffpipe.errors import FFPipeError
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cooldown", "multistep", "cosine")
+OPTIMIZERS = get_args(Optimizer)
+SCHEDULES = get_args(Schedule)
 
 
 def make_optimizer(

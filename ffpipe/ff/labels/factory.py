@@ -6,15 +6,17 @@ whose input carries none).
 """
 
 from numbers import Integral
+from typing import get_args
 
 import torch
 
+from ffpipe.config.sections import Encoding
 from ffpipe.errors import FFPipeError
 from ffpipe.ff.labels.base import ChannelGroupEncoder, LabelEncoder, check_image_shape
 from ffpipe.ff.labels.fourier import FourierEncoder
 from ffpipe.ff.labels.onehot import OneHotEncoder
 
-ENCODINGS = ("onehot", "fourier", "none")
+ENCODINGS = get_args(Encoding)
 
 
 def make_encoder(

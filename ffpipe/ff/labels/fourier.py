@@ -36,10 +36,12 @@ same intensity budget as every label and prefers none of them.
 """
 
 from numbers import Real
+from typing import get_args
 
 import torch
 from torch import Tensor
 
+from ffpipe.config.sections import KReading
 from ffpipe.errors import FFPipeError
 from ffpipe.ff.labels.base import LabelEncoder
 from ffpipe.ff.labels.waves import fourier_patterns
@@ -80,7 +82,7 @@ def superpose(x: Tensor, pattern: Tensor, pattern_mean: Tensor, k: float) -> Ten
     return renormalize(x + weight[..., None, None, None].to(x.dtype) * pattern.to(x.dtype))
 
 
-K_READINGS = {"share": superpose, "blend": blend}
+K_READINGS = dict(zip(get_args(KReading), (superpose, blend)))  # in the order KReading names them
 
 
 class FourierEncoder(LabelEncoder):

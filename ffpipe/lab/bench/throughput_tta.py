@@ -16,7 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ffpipe.bench import runner
+from ffpipe.lab.bench import runner
+from ffpipe.lab.bench.models import TRAIN_IMAGES, Size, attempt, config_text
 
 TTA = {"model": "mlp", "width": 1000, "batch": 100, "epochs": 20, "targets": [0.75, 0.80],
        "readouts": {"ff_pipeline": "linear", "ddp_bp": "bp"}}
@@ -56,8 +57,6 @@ def tta_summary(methods: dict, target: float) -> dict:
 def time_to_accuracy(tta: dict, workers: int, work: Path, cores: int) -> dict:
     """Train FF (N stages) and DDP-BP (N workers) on the `tta` settings (TTA or TTA_QUICK); curves and times
     to every target."""
-    from ffpipe.bench.throughput import TRAIN_IMAGES, Size, attempt, config_text
-
     cfg = work / "tta.yaml"
     train = f"train: {{epochs: {tta['epochs']}, eval_every: 1, progress: false}}\n"
     cfg.write_text(config_text(tta["model"], Size(tta["width"], tta["batch"], None), train))

@@ -27,9 +27,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ffpipe.analysis.grid import short_keys
-from ffpipe.analysis.runs import Group, Run, find_runs, grid_axes, group_runs, layer_accuracy
 from ffpipe.errors import FFPipeError
+from ffpipe.lab.analysis.grid import short_keys
+from ffpipe.lab.analysis.runs import Group, Run, find_runs, grid_axes, group_runs, layer_accuracy
 from ffpipe.run.plots import save_png
 
 STRONG = 0.7

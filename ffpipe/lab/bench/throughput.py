@@ -1,7 +1,7 @@
 """FF pipeline vs data-parallel BP (DDP), side by side in one invocation at one global batch per step (issue 5).
 
 What runs. For each model and each worker count N (`--workers`, default 2), every configuration is a real run
-started by `ffpipe.bench.runner` with one torch thread per process:
+started by `ffpipe.lab.bench.runner` with one torch thread per process:
 - FF pipeline with N stages, and every other stages x replicas shape with stages * replicas = N that fits the
   model's depth (replicas shard each global batch);
 - FF sequential on 1 worker (`ffpipe train --stages 1`) and BP on 1 worker (`ffpipe train-bp`), once per model;
@@ -24,9 +24,9 @@ runtime of every process, and *training memory*, the peak minus what the process
 step, which is what a method's activations, gradients and optimizer state cost. `memory_ratio_ff_over_ddp` is
 the training-memory ratio (our choice: on a CPU the runtime swamps the activations); `..._rss` the peak-RSS one.
 
-Simulator check: every pipelined row is predicted by `ffpipe.sim.validate.predict_measured` from a *separate*
+Simulator check: every pipelined row is predicted by `ffpipe.lab.sim.validate.predict_measured` from a *separate*
 profile, epoch 2 of the model's FF-sequential run (the repetition with the median samples/s), and compared
-with the row's median measured samples/s. Time to accuracy: see `ffpipe.bench.throughput_tta`.
+with the row's median measured samples/s. Time to accuracy: see `ffpipe.lab.bench.throughput_tta`.
 """
 
 from __future__ import annotations
@@ -36,67 +36,20 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from ffpipe.bench import runner
-from ffpipe.bench.throughput_tta import TTA, TTA_QUICK
 from ffpipe.errors import FFPipeError
+from ffpipe.lab.bench import runner
+from ffpipe.lab.bench.models import FULL, MODELS, QUICK, TIMED_EPOCH, TRAIN_IMAGES, Size, attempt, config_text
+from ffpipe.lab.bench.throughput_tta import TTA, TTA_QUICK
 
-TRAIN_IMAGES = 6000  # the embedded fashion_mnist_small training split
-HEAD = "head: {mode: local, exclude_first: true, readouts: [linear]}\n"
-TIMED_TRAIN = "train: {epochs: 100, eval_every: 100000, progress: false}\n"  # no evaluation before the last step
-TIMED_EPOCH = 2  # epoch 1 warms up; the run stops one step into epoch 3
-
-
-@dataclass(frozen=True)
-class Model:
-    title: str  # formatted with w = width
-    body: str  # YAML data + model sections, formatted with b = batch, w = width, s = the subset key or ""
-    depth: int
-
-
-MODELS = {
-    "mlp": Model("wide MLP 4x{w} (linear), one-hot labels",
-                 "data: {{batch_size: {b}{s}, labels: {{encoding: onehot}}}}\n"
-                 "model: {{type: linear, depth: 4, width: {w}}}\n", 4),
-    "cnn": Model("Scodellaro-style CNN 3x{w} 5x5, Fourier labels",
-                 "data: {{batch_size: {b}{s}, labels: {{encoding: fourier, label_set: 1, k: 0.35}}}}\n"
-                 "model: {{type: conv, depth: 3, width: {w}, kernel: 5, pool: 0}}\n", 3),
-    "deepcnn": Model("deep CNN 8x{w} 3x3, no pooling, one-hot labels",
-                     "data: {{batch_size: {b}{s}, labels: {{encoding: onehot}}}}\n"
-                     "model: {{type: conv, depth: 8, width: {w}, kernel: 3, pool: 0}}\n", 8),
-}
-
-
-@dataclass(frozen=True)
-class Size:
-    width: int
-    batch: int  # the global batch of one step, for every configuration
-    subset: int | None  # data.train_subset (None: all 6000 training images)
-
-
-# Full sizes (our choice), from FF-sequential steps of 100 measured on this 2-core machine with its other core
-# busy (1 thread): MLP 4x2000 0.20 s, CNN 3x16 5x5 0.34 s, deep CNN 8x16 3x3 0.38-0.85 s. The subsets keep a
-# model's slowest run (FF sequential: 2 epochs + 1 step, start-up, final evaluation) under 60 s: the deep CNN's
-# measured 24 s. Deep CNN at width 16 and batch 100 without pooling: a block holds 16x28x28 floats (50 KB) per
-# sample and row but 2.3 K parameters, so activations, not weights or optimizer state, dominate training memory.
-FULL = {"mlp": Size(2000, 100, None), "cnn": Size(16, 100, 3000), "deepcnn": Size(16, 100, 2000)}
-QUICK = {"mlp": Size(100, 500, 3000), "cnn": Size(4, 200, 1200), "deepcnn": Size(4, 200, 1200)}
 ROW_FIELDS = ("model", "method", "label", "stages", "replicas", "workers", "processes", "oversubscribed",
               "samples_per_s", "min_samples_per_s", "max_samples_per_s", "epoch_s", "speedup_vs_1_worker",
               "utilisation", "ff_over_bp_throughput", "peak_memory_bytes_per_worker",
               "train_memory_bytes_per_worker", "comm_bytes_per_step_per_worker", "bottleneck_fraction",
               "repetitions")
-
-
-def config_text(model: str, size: Size, train: str = TIMED_TRAIN) -> str:
-    """The YAML of one model at one size; `train` is the train section (one line)."""
-    subset = f", train_subset: {size.subset}" if size.subset else ""
-    return MODELS[model].body.format(b=size.batch, w=size.width, s=subset) + HEAD + train
 
 
 def configurations(model: str, workers: list[int], every_shape: bool = True) -> list[tuple[str, int, int, int]]:
@@ -131,31 +84,14 @@ def keep_profile(run: Path, dest: Path) -> Path:
 
 
 def _simulated_own_times(stages: list[dict], steps: int, batch: int, replicas: int) -> float:
-    """`ffpipe.sim`'s samples/s for this run from its OWN stage times and bytes (checks the schedule model only;
+    """`ffpipe.lab.sim`'s samples/s for this run from its OWN stage times and bytes (checks the schedule model only;
     the summary's simulator error is the separate-profile prediction). Replicated stages' measured compute
     already holds their gradient all-reduce, so no gradient bytes are passed again."""
-    from ffpipe.sim import StageSpec, link_preset, simulate_pipeline
+    from ffpipe.lab.sim import StageSpec, link_preset, simulate_pipeline
 
     specs = [StageSpec(forward_s=s["compute_s_per_step"], update_s=0.0, out_bytes=s["bytes_out"] / steps,
                        blocks=tuple(s["blocks"])) for s in stages]
     return simulate_pipeline(specs, batch // replicas, link=link_preset("cpu-loopback"), replicas=replicas).throughput
-
-
-def attempt(cmd: list[str], out: Path, epoch: int, attempts: int = 2) -> tuple[dict, list[str]]:
-    """`runner.timed_run`, started afresh (empty run dir) up to `attempts` times; returns its result and the
-    stderr tails of the failed attempts, which results.json keeps. Why: torchrun worlds on this machine
-    sometimes die in teardown after the run is complete ("terminate called without an active exception",
-    SIGABRT, seen in about 1 of 5 DDP-BP runs); a retried run is a new, complete measurement."""
-    failures = []
-    while True:
-        try:
-            return runner.timed_run(cmd, out, epoch=epoch), failures
-        except RuntimeError as exc:
-            failures.append(str(exc)[-1500:])
-            if len(failures) == attempts:
-                raise FFPipeError(f"a benchmark run failed {attempts} times:\n" + "\n---\n".join(failures)) from None
-            shutil.rmtree(out)
-            out.mkdir()
 
 
 def run_once(method: str, cfg: Path, stages: int, replicas: int, workers: int, steps: int, work: Path,
@@ -227,10 +163,10 @@ def relate(rows: list[dict]) -> None:
 
 def predict_rows(rows: list[dict], profile: Path, cores: int) -> dict:
     """Add the simulator's prediction from the separate 1-stage `profile` to every pipelined row; returns the
-    profile's per-block seconds per step and, under "times", the profile as a times file (`ffpipe.sim.times`
+    profile's per-block seconds per step and, under "times", the profile as a times file (`ffpipe.lab.sim.times`
     format: save it to feed `ffpipe bench simulate --times`)."""
-    from ffpipe.sim.times import times_from_run
-    from ffpipe.sim.validate import predict_measured, relative_error
+    from ffpipe.lab.sim.times import times_from_run
+    from ffpipe.lab.sim.validate import predict_measured, relative_error
 
     times = times_from_run(profile, epoch=TIMED_EPOCH)
     for r in rows:
@@ -317,7 +253,7 @@ def summary(rows: list[dict], tta: dict | None = None) -> dict:
             "memory_ratio_ff_over_ddp_rss": _ratio(deep_ff.get("peak_memory_bytes_per_worker"),
                                                    deep_ddp.get("peak_memory_bytes_per_worker")),
             "sim_max_rel_error_row": f"{worst['model']}: {worst['label']}" if worst else None,
-            "sim_basis": "each pipelined row's median measured samples/s vs ffpipe.sim.validate.predict_measured "
+            "sim_basis": "each pipelined row's median measured samples/s vs ffpipe.lab.sim.validate.predict_measured "
                          "from the profile of its model's FF-sequential repetition with the median samples/s",
             "goals": goals, "goals_met": sum(g["met"] is True for g in goals.values()),
             "time_to_accuracy": tta["summary"] if tta else None}
@@ -352,9 +288,9 @@ def _plan(args: argparse.Namespace) -> tuple[list[str], list[int], int, bool]:
 
 def run_benchmark(args: argparse.Namespace) -> int:
     """Measure, write results.json, then results.md and the plots from that JSON alone."""
-    from ffpipe.bench.throughput_report import render
-    from ffpipe.bench.throughput_tta import time_to_accuracy
-    from ffpipe.sim.predict import ANCHORS
+    from ffpipe.lab.bench.throughput_report import render
+    from ffpipe.lab.bench.throughput_tta import time_to_accuracy
+    from ffpipe.lab.sim.predict import ANCHORS
 
     models, workers, repeats, tta = _plan(args)
     sizes = QUICK if args.quick else FULL
@@ -383,16 +319,3 @@ def run_benchmark(args: argparse.Namespace) -> int:
     for path in render(json.loads((out / "results.json").read_text()), out):
         print(f"wrote {path}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`benchmarks/throughput.py`: the same flags and errors as `ffpipe bench throughput`."""
-    from ffpipe.bench.command import add_arguments
-
-    parser = argparse.ArgumentParser(description="FF pipeline vs DDP-BP throughput (issue 5).")
-    add_arguments(parser)
-    try:
-        return run_benchmark(parser.parse_args(argv))
-    except FFPipeError as exc:
-        print(f"ffpipe: error: {exc}", file=sys.stderr)
-        return 2

@@ -12,15 +12,16 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
+from ffpipe.config.sections import Readout
 from ffpipe.errors import FFPipeError
 from ffpipe.run.records import read_records
 
 SWEEP_FILE = "sweep.json"
-MODEL_READOUTS = ("linear", "goodness", "group")
+MODEL_READOUTS = get_args(Readout)
 """The model accuracy of a run, in order of preference: the linear head (seed 003 compares layers with the
 model's classification accuracy; our linear head is that classifier), else the goodness or group readout."""
 
@@ -207,3 +208,13 @@ def group_runs(runs: list[Run], axes: list[str]) -> list[Group]:
     for group in groups.values():
         group.runs.sort(key=lambda r: r.seed)
     return sorted(groups.values(), key=lambda g: tuple(natural(v) for v in g.values.values()))
+
+
+@dataclass
+class Row:
+    """One configuration: its axis values, its finished runs and, per metric, (mean, std, n) over them."""
+
+    values: dict[str, Any]
+    runs: list[str]
+    unfinished: list[str]
+    stats: dict[str, tuple[float, float, int]]

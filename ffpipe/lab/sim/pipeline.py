@@ -10,7 +10,7 @@ It runs the loop of `ffpipe.pipeline.worker` for every stage k, in simulated tim
 and the channel of `ffpipe.pipeline.wire` between two stages: the sender has at most `depth` messages in
 flight (a send completes when its transfer ends); the receiver's pump holds at most `depth` messages being
 received or received but not yet taken; one message at a time crosses the link, for latency + bytes /
-bandwidth (`ffpipe.sim.links`). With R replicas per stage every replica runs the same schedule on its B/R
+bandwidth (`ffpipe.lab.sim.links`). With R replicas per stage every replica runs the same schedule on its B/R
 shard, so one replica chain is simulated, and each update adds a ring all-reduce of each trained block's
 gradients over the R replicas (`Stage._apply` syncs block by block); their links are assumed separate from
 the pipeline's.
@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 from ffpipe.errors import FFPipeError
-from ffpipe.sim.links import Link, link_preset, ring_allreduce_s
+from ffpipe.lab.sim.links import Link, link_preset, ring_allreduce_s
 
 Times = float | Sequence[float]
 WAITS = ("idle", "send", "error")

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from ffpipe.analysis.probe import Probe
 from ffpipe.errors import FFPipeError
+from ffpipe.lab.analysis.probe import Probe
 from ffpipe.run.plots import save_png
 
 PCA_DIMS = 50

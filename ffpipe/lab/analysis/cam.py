@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from ffpipe.analysis.probe import Probe
 from ffpipe.errors import FFPipeError
+from ffpipe.lab.analysis.probe import Probe
 from ffpipe.run.plots import save_png
 
 

@@ -3,7 +3,7 @@
 The global batch B is split over N devices (strong scaling, as ffpipe's replicas split B), so a step costs
 
     compute(N)   = bp_step_s / (N * efficiency)      (N > 1; compute(1) = bp_step_s, the measured step)
-    allreduce(N) = 2(N-1)/N * grad_bytes / bandwidth + 2(N-1) * latency   (ring, `ffpipe.sim.links`)
+    allreduce(N) = 2(N-1)/N * grad_bytes / bandwidth + 2(N-1) * latency   (ring, `ffpipe.lab.sim.links`)
     step(N)      = compute(N) + allreduce(N) - hidden,   hidden = min(overlap * allreduce(N), backward_s)
 
 `efficiency` (our parameter, default 1 = linear) is how much of the linear speedup a device keeps at B/N
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ffpipe.errors import FFPipeError
-from ffpipe.sim.links import Link, ring_allreduce_s
+from ffpipe.lab.sim.links import Link, ring_allreduce_s
 
 BACKWARD_FRACTION = 2 / 3
 

@@ -1,12 +1,12 @@
 """Scaling benchmark (issue 5): FF-pipeline throughput against the number of stages, measured on this
-machine, with `ffpipe.sim` checked against every measured point and then extrapolated to 4, 8 and 16 devices.
+machine, with `ffpipe.lab.sim` checked against every measured point and then extrapolated to 4, 8 and 16 devices.
 
 Sweep. MLPs of depth {4, 8, 16} x width {500, 2000} on {1, 2, 4, 8} stages (stages <= depth); a CNN depth
 sweep (conv depth {2, 4, 8} x {1, 2, 4} stages, 16 channels, 3x3, stride 1, no pooling, Fourier labels as in
 seed 000); and a weak-scaling series, depth = stages in {1, 2, 4, 8} at width 784, our choice: 784 is the input
 size, so every block is the same 784x784 layer and one block per stage is the same work on every stage (at
 width 2000 the first block, 784->2000, costs about 0.4 of the others). Every point is a real `ffpipe train`
-run (`ffpipe.bench.runner`, one torch thread per process, `pipeline.partition: flops`, `head.mode: local`);
+run (`ffpipe.lab.bench.runner`, one torch thread per process, `pipeline.partition: flops`, `head.mode: local`);
 its throughput is the samples/s of epoch 2 (epoch 1 is warm-up; the run stops one step into epoch 3, so the
 final evaluation falls outside the timed epoch). Speedup and utilisation (speedup / stages) are against the
 same model's 1-stage run. A run with more processes than the machine has cores is oversubscribed: its
@@ -14,9 +14,9 @@ processes time-share the cores, so it measures the schedule under time-sharing, 
 point records `oversubscribed` and the report labels it.
 
 Simulator check. Each pipelined point is predicted from the SAME model's 1-stage run (its per-block epoch-2
-times, `ffpipe.sim.times.times_from_run`) with `ffpipe.sim.validate.predict_measured`, over the run's own
+times, `ffpipe.lab.sim.times.times_from_run`) with `ffpipe.lab.sim.validate.predict_measured`, over the run's own
 partition, with the machine's core count (processor-sharing cap when oversubscribed). The extrapolation feeds
-the deepest model of each MLP width and the deepest CNN to `ffpipe.sim.predict.predict` for 4, 8 and 16
+the deepest model of each MLP width and the deepest CNN to `ffpipe.lab.sim.predict.predict` for 4, 8 and 16
 devices over NVLink and PCIe presets: a PREDICTION from CPU block times, i.e. the schedule's scaling shape for
 these relative stage costs, not GPU speeds.
 
@@ -36,8 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ffpipe.bench import runner
 from ffpipe.errors import FFPipeError
+from ffpipe.lab.bench import runner
 
 TRAIN_IMAGES = 6000  # the embedded fashion_mnist_small training split
 HEAD = "head: {mode: local, exclude_first: true, readouts: [linear]}\n"
@@ -117,7 +117,7 @@ def _median_index(reps: list[dict]) -> int:
 def profile_of(run_dir: Path):
     """The simulator's per-block times from a 1-stage run's epoch 2, the timed epoch (its last record is the
     one-step epoch 3)."""
-    from ffpipe.sim.times import times_from_run
+    from ffpipe.lab.sim.times import times_from_run
 
     return times_from_run(run_dir, epoch=2)
 
@@ -139,8 +139,8 @@ def point_row(model: dict, stages: int, reps: list[dict], base_rate: float, core
 
 def predict_point(row: dict, profile, cores: int) -> None:
     """Fill `row`'s prediction from the model's 1-stage profile, over the run's own partition."""
-    from ffpipe.sim.predict import json_safe
-    from ffpipe.sim.validate import predict_measured, relative_error
+    from ffpipe.lab.sim.predict import json_safe
+    from ffpipe.lab.sim.validate import predict_measured, relative_error
 
     pred = json_safe(predict_measured(profile, row["partition"], 1, cores=cores))
     row["prediction"] = pred
@@ -157,8 +157,8 @@ def _layout(row: dict, one: float, devices: int) -> dict:
 def extrapolate(model: dict, profile) -> dict:
     """PREDICTION for 4, 8, 16 devices per link preset: the fastest stages x replicas layout, and the layout
     with the most stages (min(devices, depth), replicas filling the rest), from the CPU profile's block times."""
-    from ffpipe.sim.links import link_preset
-    from ffpipe.sim.predict import predict
+    from ffpipe.lab.sim.links import link_preset
+    from ffpipe.lab.sim.predict import predict
 
     links = []
     for name in LINKS:
@@ -170,7 +170,8 @@ def extrapolate(model: dict, profile) -> dict:
             deepest = next(x for x in layouts if x["stages"] == min(n, model["depth"]))
             rows.append({"devices": n, "best": _layout(row["ff"], one, n), "most_stages": _layout(deepest, one, n)})
         links.append({"link": out["link"], "one_device_samples_per_s": one, "rows": rows})
-    return {"prediction": True, "label": "PREDICTION (ffpipe.sim from this machine's CPU block times; not measured)",
+    return {"prediction": True,
+            "label": "PREDICTION (ffpipe.lab.sim from this machine's CPU block times; not measured)",
             "model": model["key"], "title": model["title"], "depth": model["depth"], "links": links}
 
 
@@ -254,27 +255,8 @@ def run_benchmark(quick: bool, repeats: int, train_subset: int | None, command: 
             "summary": summary(points, cores), "points": points, "extrapolation": extrapolation}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true",
-                   help="tiny models (width 64), batch 200, 3000 images: a smoke run, < 2 min")
-    p.add_argument("--repeats", type=int, default=1, help="repetitions per point (median, min-max); default 1")
-    p.add_argument("--train-subset", type=int, default=None, metavar="N",
-                   help="train on N of the 6000 images (data.train_subset) to shorten every epoch")
-    p.add_argument("--out", default=str(runner.ROOT / "benchmarks" / "results" / "scaling"),
-                   help="results directory (default benchmarks/results/scaling)")
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `scaling` (for `ffpipe bench`); its func takes `args` and returns an exit code."""
-    p = subparsers.add_parser("scaling", help="measure throughput vs stages and check the simulator against it",
-                              description=__doc__.splitlines()[0])
-    add_arguments(p)
-    p.set_defaults(func=cmd_scaling)
-    return p
-
-
 def cmd_scaling(args: argparse.Namespace) -> int:
-    from ffpipe.bench.scaling_report import render
+    from ffpipe.lab.bench.scaling_report import render
 
     batch = (QUICK if args.quick else FULL)["batch"]
     if args.repeats < 1:
@@ -291,13 +273,3 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
     print(render(result, out))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return cmd_scaling(args)
-    except FFPipeError as exc:
-        parser.error(str(exc))

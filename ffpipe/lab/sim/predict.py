@@ -1,11 +1,11 @@
 """Predictions for N devices from measured per-block times: FF pipeline layouts against DDP backprop.
 
-Everything here is a PREDICTION of the `ffpipe.sim` cost model, labelled so in every output dict; only the
+Everything here is a PREDICTION of the `ffpipe.lab.sim` cost model, labelled so in every output dict; only the
 per-block times (and `bp_step_s` where given) are measurements. For N devices the FF side tries every layout
 of P stages x R replicas with P * R <= N (P <= blocks, R dividing the global batch, as ffpipe requires),
 splits the blocks by measured time with `ffpipe.ff.partition`'s exact min-max split, simulates it and keeps the
-fastest. The DDP side is `ffpipe.sim.ddp` at the same global batch, so both sides train on the same samples per step.
-Speedups are over each method's own 1-device step.
+fastest. The DDP side is `ffpipe.lab.sim.ddp` at the same global batch, so both sides train on the same samples
+per step. Speedups are over each method's own 1-device step.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from dataclasses import asdict, replace
 
 from ffpipe.errors import FFPipeError
 from ffpipe.ff.partition import min_max_split
-from ffpipe.sim.ddp import simulate_ddp
-from ffpipe.sim.links import Link
-from ffpipe.sim.pipeline import SimResult, simulate_pipeline
-from ffpipe.sim.times import MeasuredTimes
+from ffpipe.lab.sim.ddp import simulate_ddp
+from ffpipe.lab.sim.links import Link
+from ffpipe.lab.sim.pipeline import SimResult, simulate_pipeline
+from ffpipe.lab.sim.times import MeasuredTimes
 
-LABEL = "PREDICTION of the ffpipe.sim cost model from measured per-block times; not a measurement"
+LABEL = "PREDICTION of the ffpipe.lab.sim cost model from measured per-block times; not a measurement"
 BP_PER_FF = 0.5
 """Backprop step / FF step of the same blocks and batch, used only when no BP step was measured: BP costs F
 (forward) + 2F (input and weight gradients) per sample, FF 3F + 3F (3 streams; `ffpipe.ff.partition`)."""
@@ -80,7 +80,7 @@ def predict(times: MeasuredTimes, devices: list[int] | tuple[int, ...] = (2, 4, 
             queue_depth: int = 2, efficiency: float = 1.0, overlap: float = 0.0, bp_step_s: float | None = None,
             check_link: Link | None = None, steps: int = 400) -> dict:
     """FF pipeline vs DDP-BP on each device count; `check_link` also re-simulates the measured run's own layout."""
-    from ffpipe.sim.links import link_preset
+    from ffpipe.lab.sim.links import link_preset
 
     link = link or link_preset("nvlink")
     if not 0 < efficiency <= 1 or not 0 <= overlap <= 1:

@@ -3,7 +3,7 @@
 This is the simulator's honest check: the per-block times come from a sequential (1-stage) run, not from
 the pipelined run being predicted, so the prediction covers the partition, the queues, the wire and the
 replicas' batch split. Two things of this machine are modelled on top of `simulate_pipeline` (our choices):
-- the loopback wire: the `cpu-loopback` link preset (`ffpipe.sim.links`);
+- the loopback wire: the `cpu-loopback` link preset (`ffpipe.lab.sim.links`);
 - shared cores: when a run has more processes than the machine has cores, they time-share the cores, so it
   cannot beat `cores` x the 1-process rate (a work-conserving processor-sharing cap; `limit` says "cores").
 Every number returned is a PREDICTION; `measured` comparisons are made by the caller.
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 
-from ffpipe.sim.links import Link, link_preset
-from ffpipe.sim.predict import simulate_layout
-from ffpipe.sim.times import MeasuredTimes
+from ffpipe.lab.sim.links import Link, link_preset
+from ffpipe.lab.sim.predict import simulate_layout
+from ffpipe.lab.sim.times import MeasuredTimes
 
 
 def one_process_rate(profile: MeasuredTimes) -> float:

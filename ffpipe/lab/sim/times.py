@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ffpipe.errors import FFPipeError
-from ffpipe.sim.pipeline import StageSpec
+from ffpipe.lab.sim.pipeline import StageSpec
 
 HEADER_BYTES = 1024  # ffpipe.pipeline.wire.HEADER_BYTES: 128 int64 (tests/test_sim.py checks they agree)
 FORWARD_FRACTION = 0.5

@@ -28,10 +28,10 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ffpipe.analysis.grid import Axis, Point, check_axes, expand, short_keys
-from ffpipe.analysis.runs import SWEEP_FILE, flatten, load_run
 from ffpipe.config import Config, load_config, to_dict
 from ffpipe.errors import FFPipeError
+from ffpipe.lab.analysis.grid import Axis, Point, check_axes, expand, short_keys
+from ffpipe.lab.analysis.runs import SWEEP_FILE, flatten, load_run
 from ffpipe.run.checkpoint import atomic_write_bytes
 from ffpipe.run.sequential import train
 

@@ -10,16 +10,13 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from ffpipe.analysis.runs import natural
+from ffpipe.lab.analysis.runs import Row, natural
 from ffpipe.run.plots import save_png
-
-if TYPE_CHECKING:
-    from ffpipe.analysis.report import Row
 
 
 def label(value: Any) -> str:

@@ -6,43 +6,9 @@ import argparse
 import json
 
 from ffpipe.errors import FFPipeError
-from ffpipe.sim.links import ALIASES, PRESETS, link_preset
-from ffpipe.sim.predict import predict
-from ffpipe.sim.times import load_times
-
-
-def _devices(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated device counts, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"device counts must be >= 1, got {text!r}")
-    return values
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `simulate` (for `ffpipe bench`); its func takes `args` and returns an exit code."""
-    links = ", ".join([*PRESETS, *ALIASES])
-    p = subparsers.add_parser("simulate", help="predict FF-pipeline vs DDP-BP throughput from measured block times",
-                              description="Every number printed is a PREDICTION of ffpipe.sim's cost model; only "
-                                          "the per-block times it reads are measurements.")
-    p.add_argument("--times", required=True, metavar="FILE",
-                   help="times file (.json, format in ffpipe/sim/times.py), a run's metrics.jsonl, or a run dir")
-    p.add_argument("--devices", type=_devices, default=[2, 4, 8, 16], help="device counts (default 2,4,8,16)")
-    p.add_argument("--link", default="nvlink", help=f"link preset: {links} (default nvlink = nvlink-h100)")
-    p.add_argument("--nominal", action="store_true", help="use the link's nominal line rate, not its effective one")
-    p.add_argument("--queue-depth", type=int, default=2, help="wire depth between stages (pipeline.queue_depth)")
-    p.add_argument("--efficiency", type=float, default=1.0,
-                   help="share of linear speedup a device keeps when the batch is split (FF replicas and DDP)")
-    p.add_argument("--overlap", type=float, default=0.0, help="share of DDP's all-reduce hidden behind backward")
-    p.add_argument("--bp-step-s", type=float, help="measured 1-device BP step at the global batch (seconds)")
-    p.add_argument("--check-link", default="cpu-loopback",
-                   help="link to re-simulate the measured run's own layout on, to compare with what it achieved")
-    p.add_argument("--steps", type=int, default=400, help="simulated steps per layout (half are warm-up)")
-    p.add_argument("--json", action="store_true", help="print the full prediction as JSON")
-    p.set_defaults(func=cmd_simulate)
-    return p
+from ffpipe.lab.sim.links import link_preset
+from ffpipe.lab.sim.predict import predict
+from ffpipe.lab.sim.times import load_times
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 Every table and plot marks oversubscribed points (more processes than the machine's cores): their processes
 time-share the cores, so they show the schedule under time-sharing, never device scaling. Everything under
-"Extrapolation" is a PREDICTION of `ffpipe.sim`, labelled so.
+"Extrapolation" is a PREDICTION of `ffpipe.lab.sim`, labelled so.
 """
 
 from __future__ import annotations
@@ -176,13 +176,13 @@ def markdown(result: dict) -> str:
              "One block per stage; the ideal keeps samples/s constant, i.e. sample-blocks/s grows as stages × "
              "the 1-block 1-stage rate.", "", *weak_table(result),
              "## Simulator validation: predicted vs measured", "",
-             "Each pipelined point predicted by `ffpipe.sim.validate.predict_measured` from the same model's "
+             "Each pipelined point predicted by `ffpipe.lab.sim.validate.predict_measured` from the same model's "
              "1-stage run (its per-block times of the timed epoch), over the run's own partition, the "
              "cpu-loopback link and a processor-sharing cap at the core count. Goal: ≤ "
              f"{result['summary']['sim_goal_rel_error']:.0%} error.", "",
              *validation_table(result), *validation_summary(result),
              "## Extrapolation to 4, 8 and 16 devices — PREDICTION, not measured", "",
-             "**Every number in this table is a prediction of `ffpipe.sim.predict`**, from the per-block times of "
+             "**Every number in this table is a prediction of `ffpipe.lab.sim.predict`**, from the per-block times of "
              "each model's 1-stage run on this CPU, over the NVLink (H100) and PCIe 4 link presets. The block "
              "times are CPU times, so this shows the schedule's scaling shape for these relative stage costs "
              "(and the links' share), not GPU speeds. Fastest layout = the best stages × replicas with "
@@ -293,7 +293,7 @@ def sim_plot(result: dict, path: Path) -> None:
             axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
             axis.set_minor_formatter(ticker.NullFormatter())
     ax.set(xlabel="measured samples/s", ylabel="predicted samples/s (from the 1-stage run)",
-           title="ffpipe.sim vs measured (pipelined points)")
+           title="ffpipe.lab.sim vs measured (pipelined points)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_png(fig, path, dpi=120)

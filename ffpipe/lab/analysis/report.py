@@ -11,29 +11,19 @@ import csv
 import io
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import get_args
 
 import numpy as np
 
-from ffpipe.analysis.figures import label, plot_heatmap, plot_lines
-from ffpipe.analysis.grid import short_keys
-from ffpipe.analysis.runs import Group, Run, find_runs, grid_axes, group_runs, is_run_dir
+from ffpipe.config.sections import Readout
+from ffpipe.lab.analysis.figures import label, plot_heatmap, plot_lines
+from ffpipe.lab.analysis.grid import short_keys
+from ffpipe.lab.analysis.runs import Group, Row, Run, find_runs, grid_axes, group_runs, is_run_dir
 from ffpipe.run.checkpoint import atomic_write_bytes
 
 SECTIONS = ("test", "val", "block", "stage", "bottleneck", "train")
-READOUTS = ("linear", "goodness", "group")
-
-
-@dataclass
-class Row:
-    """One configuration: its axis values, its finished runs and, per metric, (mean, std, n) over them."""
-
-    values: dict[str, Any]
-    runs: list[str]
-    unfinished: list[str]
-    stats: dict[str, tuple[float, float, int]]
+READOUTS = get_args(Readout)
 
 
 def mean_std(values: list[float]) -> tuple[float, float, int]:

@@ -1,6 +1,6 @@
 """results.md and the PNG plots of a throughput benchmark, from its results.json alone (`ffpipe report DIR`).
 
-Everything here is a pure function of the JSON `ffpipe.bench.throughput` wrote, so the report can be
+Everything here is a pure function of the JSON `ffpipe.lab.bench.throughput` wrote, so the report can be
 regenerated, byte for byte, without running anything. A row whose processes outnumber the machine's cores is
 marked "oversubscribed" wherever it appears: its processes time-share cores, so its rate is not a scaling
 result.
@@ -88,8 +88,9 @@ def _model_tables(result: dict, model: str, cores: int) -> list[str]:
 
 def _sim_and_idle(result: dict, cores: int) -> list[str]:
     piped = [r for r in result["rows"] if r["method"] == "ff_pipeline"]
-    lines = ["## Simulator vs measured", "", "Predicted by `ffpipe.sim.validate.predict_measured` from the separate "
-             "FF-sequential profile of the same model (cpu-loopback link, processor sharing when processes > cores).",
+    lines = ["## Simulator vs measured", "",
+             "Predicted by `ffpipe.lab.sim.validate.predict_measured` from the separate FF-sequential profile of "
+             "the same model (cpu-loopback link, processor sharing when processes > cores).",
              "", "| model | run | measured samples/s | predicted | rel. error | limit |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {row_label(r, cores)} | {_f(r['samples_per_s'])} | "
               f"{_f(r.get('sim_predicted_samples_per_s'))} | {_f(r.get('sim_rel_error'), '.3f')} | "
