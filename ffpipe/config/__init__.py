@@ -37,9 +37,9 @@ from ffpipe.errors import FFPipeError
 DEFAULT_CONFIG = "configs/default.yaml"
 """The config `ffpipe train` and `ffpipe sweep` use when none is given and this file exists (a checkout)."""
 
-__all__ = ["DEFAULT_CONFIG", "Config", "DataConfig", "HeadConfig", "LabelConfig", "LossConfig", "ModelConfig", "OptimConfig",
-           "PipelineConfig", "RunConfig", "TrainConfig", "apply_overrides", "dump_config", "from_dict",
-           "load_config", "to_dict", "validate"]
+__all__ = ["DEFAULT_CONFIG", "Config", "DataConfig", "HeadConfig", "LabelConfig", "LossConfig", "ModelConfig",
+           "OptimConfig", "PipelineConfig", "RunConfig", "TrainConfig", "apply_overrides", "dump_config",
+           "from_dict", "load_config", "to_dict", "validate"]
 
 
 def _fail(path: str, message: str) -> FFPipeError:
