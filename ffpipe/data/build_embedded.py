@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ffpipe.data import catalog
+import ffpipe.data.catalog as catalog
 from ffpipe.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx_pair
 from ffpipe.data.locate import find_files
 from ffpipe.errors import FFPipeError

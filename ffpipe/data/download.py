@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from ffpipe.data import catalog
+import ffpipe.data.catalog as catalog
 
 TIMEOUT_S = 30.0
 """Seconds without progress before a connection or read gives up (urllib's socket timeout)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ffpipe.data import catalog
+import ffpipe.data.catalog as catalog
 from ffpipe.data.catalog import DatasetSpec, get_spec
 from ffpipe.data.cifar import read_cifar_batches
 from ffpipe.data.dataset import Dataset, Split, check_split_seed, split_train_val

@@ -16,7 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ffpipe.data import catalog, download
+import ffpipe.data.catalog as catalog
+import ffpipe.data.download as download
 from ffpipe.data.catalog import DatasetSpec
 from ffpipe.errors import FFPipeError
 

@@ -9,7 +9,7 @@ import pytest
 from ffpipe.config import dump_config, load_config
 from ffpipe.errors import FFPipeError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_shipped_config_loads():

@@ -15,7 +15,7 @@ from ffpipe.ff.stage import NonFiniteLoss
 from ffpipe.run.checkpoint import latest_checkpoint, load_checkpoint
 from ffpipe.run.sequential import evaluate_checkpoint, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MLP = ["model.type=linear", "model.depth=3", "model.width=64", "data.batch_size=50",
        "data.labels.encoding=onehot", "train.progress=false", "train.epochs=2"]
 

@@ -13,7 +13,7 @@ import pytest
 from ffpipe.config import load_config
 from ffpipe.run.sequential import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["train.progress=false", "train.epochs=1"]
 LINEAR_ONLY = ["head.readouts=[linear]"]  # the goodness readout's 10 overlay passes are checked elsewhere
 GROUP_CE = ["loss.family=group_ce", "data.labels.encoding=none", "model.norm=group", "model.depth=2",

@@ -13,13 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CFG = """\
-data: {batch_size: 50, labels: {encoding: onehot}}
-model: {type: linear, depth: 3, width: 32}
-head: {mode: joint}
-train: {epochs: 1, progress: false}
-"""
+ROOT = Path(__file__).resolve().parents[2]
 REPEATS = 4
 
 
@@ -32,9 +26,8 @@ def torchrun(cfg: Path, out: Path, stages: int) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("stages", [2, 3])
-def test_completed_joint_head_runs_exit_zero_every_time(tmp_path, stages):
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(CFG)
+def test_completed_joint_head_runs_exit_zero_every_time(tmp_path, tiny_config, stages):
+    cfg = tiny_config("joint")
     for attempt in range(REPEATS):
         result = torchrun(cfg, tmp_path / f"run{attempt}", stages)
         output = result.stdout + result.stderr

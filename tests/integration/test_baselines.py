@@ -17,7 +17,7 @@ from ffpipe.pipeline.topology import Topology
 from ffpipe.run.model import Model
 from ffpipe.run.records import read_records
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MLP = """\
 data: {batch_size: 100}
 model: {type: linear, depth: 2, width: 64}

@@ -14,7 +14,7 @@ from ffpipe.data.build_embedded import build
 from ffpipe.data.dataset import split_train_val
 from ffpipe.errors import FFPipeError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 needs_shared_mnist = pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="no shared MNIST copy")
 needs_system_fashion = pytest.mark.skipif(not FASHION_SYSTEM.is_dir(), reason="dataset-fashion-mnist absent")

@@ -15,7 +15,7 @@ import pytest
 
 from ffpipe.run.checkpoint import diff_checkpoints, latest_checkpoint, load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CFG = """\
 data: {batch_size: 300, labels: {encoding: onehot}}
 model: {type: linear, depth: 3, width: 32}

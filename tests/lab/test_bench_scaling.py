@@ -20,7 +20,7 @@ from ffpipe.config import load_config
 from ffpipe.lab.bench import scaling
 from ffpipe.lab.bench import scaling_report as report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_full_plan_runs_each_model_once_at_every_stage_count_that_fits():

@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
 
 import ffpipe.lab.analysis.sweep as sweep_mod
 from ffpipe.config import load_config
@@ -41,18 +40,14 @@ def train_calls(monkeypatch):
     return calls
 
 
-def cli(*argv):
-    return run_cli(*argv)
-
-
 def sets(*items):
     return [arg for item in TINY + list(items) for arg in ("--set", item)]
 
 
-def test_sweep_trains_every_run_then_skips_them(tmp_path, train_calls, capsys):
+def test_sweep_trains_every_run_then_skips_them(tmp_path, train_calls, capsys, run_cli):
     out = tmp_path / "sweep"
     argv = ["sweep", "--grid", "model.width=8,16", "--seeds", "2", *sets("train.max_steps=2"), "--out", str(out)]
-    assert cli(*argv) == 0
+    assert run_cli(*argv) == 0
     names = ["width=8-seed0", "width=8-seed1", "width=16-seed0", "width=16-seed1"]
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(names)
     assert len(train_calls) == 4 and all(resume for _, resume in train_calls)
@@ -69,7 +64,7 @@ def test_sweep_trains_every_run_then_skips_them(tmp_path, train_calls, capsys):
     assert "4 trained, 0 already done, 0 failed" in capsys.readouterr().out
 
     mtimes = {name: (out / name / "metrics.jsonl").stat().st_mtime_ns for name in names}
-    assert cli(*argv) == 0
+    assert run_cli(*argv) == 0
     assert len(train_calls) == 4  # nothing retrained
     assert {name: (out / name / "metrics.jsonl").stat().st_mtime_ns for name in names} == mtimes
     assert "0 trained, 4 already done" in capsys.readouterr().out

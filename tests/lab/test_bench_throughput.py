@@ -28,7 +28,7 @@ from ffpipe.lab.sim import times_from_dict
 from ffpipe.lab.sim.times import times_from_run
 from ffpipe.run.measure import MemoryMeter
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MiB = 2**20
 
 

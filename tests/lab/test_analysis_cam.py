@@ -4,7 +4,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import run_cli
 from torch import nn
 
 from ffpipe.config import load_config
@@ -74,7 +73,7 @@ def test_cams_split_the_networks_own_logits(conv_run):
     assert torch.equal(predicted.classes, result.logits.argmax(dim=1)) and predicted.layers == [2]
 
 
-def test_cam_command_writes_the_picture(conv_run, tmp_path, capsys):
+def test_cam_command_writes_the_picture(conv_run, tmp_path, capsys, run_cli):
     out = tmp_path / "cam.png"
     assert run_cli("analyze", "cam", "--checkpoint", str(conv_run), "--n", "3", "--layers", "1,2",
                    "--out", str(out)) == 0

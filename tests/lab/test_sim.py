@@ -12,7 +12,6 @@ import math
 import random
 
 import pytest
-from conftest import run_cli
 
 from ffpipe.errors import FFPipeError
 from ffpipe.lab.sim import (
@@ -287,7 +286,7 @@ def test_predictions_are_labelled_and_consistent():
     assert "PREDICTION" in render(out)
 
 
-def test_simulate_command(tmp_path, capsys):
+def test_simulate_command(tmp_path, capsys, run_cli):
     path = tmp_path / "times.json"
     path.write_text(json.dumps({**TIMES, "bp_step_s": 0.02}))
     assert run_cli("bench", "simulate", "--times", str(path), "--devices", "2,4", "--link", "ib-hdr", "--json") == 0

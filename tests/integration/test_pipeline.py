@@ -14,7 +14,7 @@ import pytest
 
 from ffpipe.run.checkpoint import diff_checkpoints, latest_checkpoint, load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MLP = """\
 data: {batch_size: 50, labels: {encoding: onehot}}
 model: {type: linear, depth: 4, width: 48}

@@ -6,7 +6,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 
 from ffpipe.config import load_config
 from ffpipe.errors import FFPipeError
@@ -17,7 +16,7 @@ MLP = ["model.type=linear", "model.depth=2", "model.width=16", "data.batch_size=
        "data.labels.encoding=onehot", "head.readouts=[linear]", "train.progress=false", "train.max_steps=3"]
 
 
-def test_tsne_embeds_every_layer_and_scores_it(tmp_path, capsys):
+def test_tsne_embeds_every_layer_and_scores_it(tmp_path, capsys, run_cli):
     pytest.importorskip("sklearn")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -48,7 +47,7 @@ def test_separation_score_of_clear_clusters():
     assert separation(apart, labels) > 0.9 > 0.1 > separation(mixed, labels)
 
 
-def test_without_scikit_learn_one_clear_line(tmp_path, monkeypatch):
+def test_without_scikit_learn_one_clear_line(tmp_path, monkeypatch, run_cli):
     for name in [m for m in sys.modules if m.split(".")[0] == "sklearn"] + ["sklearn"]:
         monkeypatch.setitem(sys.modules, name, None)  # `import sklearn...` now raises ImportError
     with pytest.raises(FFPipeError, match=r"scikit-learn, which is not installed: pip install 'ffpipe\[analysis\]'"):
