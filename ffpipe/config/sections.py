@@ -68,6 +68,8 @@ class LabelConfig:
 
 @dataclass
 class DataConfig:
+    """Which dataset, how it is split, and how it is batched."""
+
     name: str = "fashion_mnist_small"
     """fashion_mnist_small (embedded), mnist, fashion_mnist or cifar10 (`ffpipe data info NAME`)."""
     dir: str | None = None
@@ -153,6 +155,8 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
+    """The optimizer of every FF block (each block has its own instance) and its per-epoch schedule."""
+
     name: Optimizer = "adam"
     """One optimizer of this kind per block."""
     lr: NonNegative = 1e-3
@@ -193,6 +197,8 @@ class HeadConfig:
 
 @dataclass
 class TrainConfig:
+    """How long to train, on what, and what to show."""
+
     epochs: Positive = 10
     """Epochs to train."""
     seed: NonNegativeInt = 0
@@ -215,6 +221,8 @@ class TrainConfig:
 
 @dataclass
 class PipelineConfig:
+    """How the blocks spread over processes: stages of the pipeline and replicas of it."""
+
     stages: Positive = 1
     """Pipeline stages (one process each)."""
     partition: PartitionRule | list[Positive] = "flops"
@@ -227,10 +235,12 @@ class PipelineConfig:
 
 @dataclass
 class RunConfig:
-    out_dir: str = "runs"
-    """Where runs go when --out is not given."""
+    """Where a run's files go."""
+
     name: str | None = None
     """The run's directory name under out_dir (default: the date and time)."""
+    out_dir: str = "runs"
+    """Where runs go when --out is not given."""
     keep_checkpoints: Positive = 2
     """Newest complete checkpoints kept."""
 
