@@ -36,7 +36,7 @@ from ffpipe.baselines.model import build_bp_model, gradient_bytes, train_step
 from ffpipe.config import Config, to_dict
 from ffpipe.data import Split, epoch_batches, load_for_config, num_batches
 from ffpipe.errors import FFPipeError
-from ffpipe.ff.optim import lr_at, make_optimizer, set_lr
+from ffpipe.ff.optim import make_optimizer, schedule_of, set_lr
 from ffpipe.ff.stage import NonFiniteLoss
 from ffpipe.pipeline import topology as topology_mod
 from ffpipe.pipeline.control import Control
@@ -110,8 +110,7 @@ class BPRunner:
         return 0
 
     def set_epoch(self, epoch: int) -> float:
-        o = self.cfg.optim
-        lr = lr_at(o.schedule, o.lr, epoch, self.cfg.train.epochs, milestones=o.milestones, gamma=o.gamma)
+        lr = schedule_of(self.cfg.optim)(self.cfg.optim.lr, epoch, self.cfg.train.epochs)
         set_lr(self.optimizer, lr)
         return lr
 

@@ -104,6 +104,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, list):
             raise _fail(path, f"expected a list of {_type_name(item)}, got {type(value).__name__} {value!r}")
         return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:  # a fixed-length record, written as a YAML list: [from, to, kind]
+        items = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(items):
+            raise _fail(path, f"expected a list of {len(items)} ({', '.join(_type_name(i) for i in items)}), "
+                        f"got {value!r}")
+        return [_coerce(v, item, f"{path}[{i}]") for i, (v, item) in enumerate(zip(value, items))]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise _fail(path, f"expected a section (mapping), got {type(value).__name__} {value!r}")
@@ -139,7 +145,7 @@ def _build(cls: type, values: dict, path: str) -> Any:
 def _check_combinations(cfg: Config) -> None:
     """Cross-field rules: each names the fields involved, so the fix is obvious from the one line."""
     m, loss = cfg.model, cfg.loss
-    for name in ("width", "kernel", "pool"):
+    for name in ("width", "kernel", "pool", "stride", "in_pool"):
         if isinstance(getattr(m, name), list) and len(getattr(m, name)) != m.depth:
             raise _fail(f"model.{name}", f"has {len(getattr(m, name))} entries but model.depth is {m.depth}")
     group = loss.family == "group_ce"
@@ -149,8 +155,10 @@ def _check_combinations(cfg: Config) -> None:
         raise _fail("data.labels.encoding", f"'none' only works with loss.family group_ce, not {loss.family}")
     if group and cfg.data.labels.negatives_per_image != 1:
         raise _fail("data.labels.negatives_per_image", "group_ce has no negative stream; leave it at 1")
-    if m.norm == "group" and not group:
-        raise _fail("model.norm", "'group' normalization needs loss.family group_ce")
+    if m.norm in ("group", "group_rms") and not group:
+        raise _fail("model.norm", f"'{m.norm}' normalization needs loss.family group_ce")
+    if m.type == "linear" and (m.shortcuts or any(p > 0 for p in m.per_block("in_pool"))):
+        raise _fail("model.shortcuts" if m.shortcuts else "model.in_pool", "needs model.type conv")
     if group and "goodness" in cfg.head.readouts:
         raise _fail("head.readouts", "group_ce has no label overlay, so no goodness readout; use 'group'")
     if not group and "group" in cfg.head.readouts:

@@ -32,8 +32,10 @@ ValSplit = Literal["random", "last"]
 ModelType = Literal["linear", "conv"]
 Padding = Literal["same", "valid"]
 Activation = Literal["relu", "relu_fullgrad"]
-Init = Literal["default", "loewe"]
-Norm = Literal["rms", "group"]
+Init = Literal["default", "loewe", "kaiming"]
+Norm = Literal["rms", "group", "group_rms"]
+InputNorm = Literal["rms", "layer"]
+ShortcutKind = Literal["add", "concat"]
 PreactNorm = Literal["none", "layer"]
 Family = Literal["bce", "symba", "hinge", "group_ce"]
 Goodness = Literal["sum", "mean"]
@@ -99,20 +101,31 @@ class ModelConfig:
     """Units (linear) or channels (conv) per block."""
     kernel: Positive | list[Positive] = 5
     """Conv kernel size per block."""
-    stride: Positive = 1
-    """Conv stride."""
+    stride: Positive | list[Positive] = 1
+    """Conv stride per block (2 halves the resolution, as DeeperForward's nets downsample)."""
     padding: Padding = "same"
     """same: pad kernel // 2 (odd kernels); valid: no padding."""
     pool: NonNegativeInt | list[NonNegativeInt] = 0
     """Max-pool size after each block's activation (0: none)."""
+    in_pool: NonNegativeInt | list[NonNegativeInt] = 0
+    """Average-pool size of each block's input, before its conv (0: none; DeeperForward's TinyCNN)."""
+    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0
+    """Dropout after each block's activation, in training (DeeperForward's CWConv)."""
+    bias: bool = True
+    """Whether the linear/conv layers have a bias (DeeperForward's have none)."""
+    shortcuts: list[tuple[NonNegativeInt, NonNegativeInt, ShortcutKind]] = field(default_factory=list)
+    """[from, to, add|concat]: join block `from`'s output to block `to`'s, detached (`ffpipe.ff.shortcuts`)."""
     batchnorm: bool = False
     """BatchNorm on each block's input (seed 001 §III's order)."""
     activation: Activation = "relu"
     """relu, or loeweX's full-gradient ReLU (identity backward, so dead units recover under peer norm)."""
     init: Init = "default"
-    """PyTorch's init, or loeweX's normal(0, 1/sqrt(fan_out)) with zero bias."""
+    """PyTorch's init, loeweX's normal(0, 1/sqrt(fan_out)) with zero bias, or kaiming (normal, fan_out)."""
+    input_norm: InputNorm = "rms"
+    """The network input: rms (seed 000 eq. 2) or layer (per-sample LayerNorm over C, H, W: DeeperForward)."""
     norm: Norm = "rms"
-    """Between blocks: rms (seed 000 eq. 2, over all units) or group (per class group, group_ce only)."""
+    """Between blocks: rms (seed 000 eq. 2, over all units); group (GroupNorm with one group per class, no
+    affine: DeeperForward, group_ce only); group_rms (RMS within each class group: our variant)."""
     preact_norm: PreactNorm = "none"
     """none: conv → ReLU, RMS norm after it (seed 000 arXiv); layer: conv → LN → ReLU (its Sci. Rep. 2025 Fig. 2)."""
     eps: Annotated[float, Range(gt=0)] = 1e-8
@@ -167,6 +180,8 @@ class OptimConfig:
     """L2 for adam and sgd, decoupled for adamw."""
     schedule: Schedule = "constant"
     """Per-epoch rate: constant, cooldown (seed 000 eq. 3, loeweX), multistep, cosine."""
+    lr_min: NonNegative = 0.0
+    """cosine: the rate it anneals to (DeeperForward: a tenth of lr)."""
     milestones: list[Positive] = field(default_factory=list)
     """multistep: the epochs after which the rate is multiplied by gamma."""
     gamma: NonNegative = 0.1

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from ffpipe.config.sections import Activation, Init, ModelType, Padding
 from ffpipe.errors import FFPipeError
+from ffpipe.ff.shortcuts import ShortcutPlan, joined_shape, parse_shortcuts
 
 KINDS = get_args(ModelType)
 PADDINGS = get_args(Padding)
@@ -54,8 +55,9 @@ class BlockSpec:
     """Everything that defines one block's shape and parameters; validated on construction.
 
     `in_shape` is the shape of one input sample: (features,) or (C, H, W); a linear block flattens a
-    (C, H, W) input. `padding` "same" pads kernel // 2 (odd kernels only, so stride 1 keeps H and W);
-    `pool` > 0 max-pools with kernel = stride = pool after the activation.
+    (C, H, W) input. `in_pool` > 0 average-pools the input first (DeeperForward's TinyCNN); `padding` "same"
+    pads kernel // 2 (odd kernels only, so stride 1 keeps H and W); `pool` > 0 max-pools with kernel = stride
+    = pool after the activation; `dropout` follows the activation in training (DeeperForward's CWConv).
     """
 
     index: int
@@ -70,6 +72,9 @@ class BlockSpec:
     activation: str = "relu"
     init: str = "default"
     preact_norm: str = "none"
+    in_pool: int = 0
+    dropout: float = 0.0
+    bias: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "in_shape", tuple(int(s) for s in self.in_shape))
@@ -78,14 +83,14 @@ class BlockSpec:
         for name, value, allowed in choices:
             if value not in allowed:
                 raise self._error(f"{name} '{value}' is not one of {', '.join(allowed)}")
-        if min(self.out, self.kernel, self.stride, *self.in_shape) < 1 or self.pool < 0:
+        if min(self.out, self.kernel, self.stride, *self.in_shape) < 1 or min(self.pool, self.in_pool) < 0:
             raise self._error(f"sizes must be positive (in_shape {self.in_shape}, out {self.out}, "
                               f"kernel {self.kernel}, stride {self.stride}, pool {self.pool})")
         if self.kind == "conv" and len(self.in_shape) != 3:
             raise self._error(f"a conv block needs a (C, H, W) input, got {self.in_shape}")
         if self.kind == "conv" and self.padding == "same" and self.kernel % 2 == 0:
             raise self._error(f"padding 'same' needs an odd kernel, got {self.kernel}; use padding valid")
-        if self.kind == "linear" and self.pool:
+        if self.kind == "linear" and (self.pool or self.in_pool):
             raise self._error("pooling needs a conv block")
         _ = self.out_shape  # computing the shape is the check that the spec is realizable
 
@@ -101,9 +106,15 @@ class BlockSpec:
         return math.prod(self.in_shape)
 
     @property
+    def conv_in(self) -> tuple[int, int, int]:
+        """The convolution's input shape: `in_shape` after the input pooling."""
+        c, h, w = self.in_shape
+        return (c, h // self.in_pool, w // self.in_pool) if self.in_pool else (c, h, w)
+
+    @property
     def conv_hw(self) -> tuple[int, int]:
         """Spatial size after the convolution, before pooling."""
-        _, h, w = self.in_shape
+        _, h, w = self.conv_in
         return ((h + 2 * self.pad - self.kernel) // self.stride + 1,
                 (w + 2 * self.pad - self.kernel) // self.stride + 1)
 
@@ -139,7 +150,7 @@ class BlockSpec:
         if self.kind == "linear":
             return 2 * self.in_features * self.out
         h, w = self.conv_hw
-        return 2 * self.in_shape[0] * self.kernel * self.kernel * self.out * h * w
+        return 2 * self.conv_in[0] * self.kernel * self.kernel * self.out * h * w
 
 
 class FFBlock(nn.Module):
@@ -151,22 +162,28 @@ class FFBlock(nn.Module):
         self.act = get_activation(spec.activation)
         if spec.kind == "linear":
             self.bn = nn.BatchNorm1d(spec.in_features) if spec.batchnorm else None
-            self.layer: nn.Module = nn.Linear(spec.in_features, spec.out)
+            self.layer: nn.Module = nn.Linear(spec.in_features, spec.out, bias=spec.bias)
         else:
             self.bn = nn.BatchNorm2d(spec.in_shape[0]) if spec.batchnorm else None
-            self.layer = nn.Conv2d(spec.in_shape[0], spec.out, spec.kernel, spec.stride, spec.pad)
+            self.layer = nn.Conv2d(spec.in_shape[0], spec.out, spec.kernel, spec.stride, spec.pad, bias=spec.bias)
         if spec.init == "loewe":
             _loewe_init(self.layer)
+        elif spec.init == "kaiming":  # DeeperForward's CWConv: normal, fan_out, for ReLU
+            nn.init.kaiming_normal_(self.layer.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
         if self.spec.kind == "linear":
             x = x.flatten(1)
+        if self.spec.in_pool:
+            x = F.avg_pool2d(x, self.spec.in_pool)
         if self.bn is not None:
             x = self.bn(x)
         z = self.layer(x)
         if self.spec.preact_norm == "layer":
             z = F.layer_norm(z, z.shape[1:])
         y = self.act(z)
+        if self.spec.dropout:
+            y = F.dropout(y, self.spec.dropout, self.training)
         if self.spec.pool:
             y = F.max_pool2d(y, self.spec.pool)
         return y
@@ -184,7 +201,8 @@ def _loewe_init(layer: nn.Module) -> None:
     """
     fan_out = nn.init._calculate_fan_in_and_fan_out(layer.weight)[1]
     nn.init.normal_(layer.weight, mean=0.0, std=1.0 / math.sqrt(fan_out))
-    nn.init.zeros_(layer.bias)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
 
 
 def block_seed(seed: int, index: int) -> int:
@@ -210,23 +228,30 @@ def build_blocks(specs: list[BlockSpec], seed: int) -> list[FFBlock]:
 
 def block_specs(model_cfg, input_shape: tuple[int, int, int]) -> list[BlockSpec]:
     """Expand `ffpipe.config.ModelConfig` into one spec per block, chaining each block's in_shape to the
-    previous out_shape. The first block's in_shape is the image shape (C, H, W); a linear block flattens it.
-    An impossible shape (a valid conv or a pool shrinking the map to nothing) is one FFPipeError line.
+    previous block's output as the next block reads it: its out_shape, joined with a shortcut that ends there
+    (`ffpipe.ff.shortcuts`). The first block's in_shape is the image shape (C, H, W); a linear block flattens
+    it. An impossible shape (a valid conv or a pool shrinking the map to nothing, a shortcut that does not
+    fit) is one FFPipeError line.
     """
-    widths, kernels, pools = (model_cfg.per_block(name) for name in ("width", "kernel", "pool"))
+    per = {name: model_cfg.per_block(name) for name in ("width", "kernel", "pool", "stride", "in_pool")}
+    plan = ShortcutPlan(tuple(parse_shortcuts(model_cfg.shortcuts, model_cfg.depth)))
     specs: list[BlockSpec] = []
-    shape = tuple(input_shape)
+    shape, read = tuple(input_shape), {}
     for i in range(model_cfg.depth):
-        common = dict(index=i, kind=model_cfg.type, in_shape=shape, out=widths[i],
+        common = dict(index=i, kind=model_cfg.type, in_shape=shape, out=per["width"][i],
                       batchnorm=model_cfg.batchnorm, activation=model_cfg.activation, init=model_cfg.init,
-                      preact_norm=model_cfg.preact_norm)
+                      preact_norm=model_cfg.preact_norm, dropout=model_cfg.dropout, bias=model_cfg.bias)
         if model_cfg.type == "conv":
-            spec = BlockSpec(**common, kernel=kernels[i], stride=model_cfg.stride, padding=model_cfg.padding,
-                             pool=pools[i])
+            spec = BlockSpec(**common, kernel=per["kernel"][i], stride=per["stride"][i], padding=model_cfg.padding,
+                             pool=per["pool"][i], in_pool=per["in_pool"][i])
         else:
             spec = BlockSpec(**common)
         specs.append(spec)
         shape = spec.out_shape
+        shortcut = plan.incoming(i)
+        if shortcut is not None:
+            shape = joined_shape(shape, read[shortcut.src], shortcut)
+        read[i] = shape
     return specs
 
 

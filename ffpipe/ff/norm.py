@@ -14,10 +14,13 @@ Our choice: `eps` sits inside the square root (`sqrt(mean + eps)`), which keeps 
 gradient bounded for an all-zero activity (a dead ReLU layer); loeweX adds it outside (`sqrt(mean) + eps`).
 Both differ from eq. 2 only when the mean square is of order eps.
 
-`group_rms_norm` applies the same rule per contiguous channel group. With the channel-wise competitive loss
-(seed 001 eqs. 2-3) each group is one class's evidence, so normalizing groups separately (our option,
-`model.norm: group`) keeps the relative sizes of the groups inside each group's own scale; `rms` (one norm
-over the whole block) is the papers' default.
+Channel-group networks (group_ce) normalize within each class's channel group instead, because each group is
+one class's evidence. DeeperForward (its CWConv) passes on `F.group_norm(y, G)`: per sample and group, mean
+subtracted and divided by the standard deviation, no affine (`model.norm: group`, exact). `group_rms_norm`
+applies the RMS rule per group without subtracting the mean (`group_rms`, our variant).
+
+The network input: `rms` (seed 000 eq. 2), or `layer`, a per-sample LayerNorm over (C, H, W) without affine,
+DeeperForward's `F.layer_norm(x, x.shape[1:])` (`model.input_norm`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import get_args
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from ffpipe.config.sections import Norm
@@ -54,12 +58,21 @@ def group_rms_norm(x: Tensor, groups: int, eps: float = 1e-8) -> Tensor:
 
 
 def between_blocks(model_cfg, groups: int) -> Callable[[Tensor], Tensor]:
-    """The normalization every block's output gets before the next block, as `model.norm` names it (`group`
-    splits into `groups`, the classes): the one place the FF stages, the BP twin and the probes take it from.
-    `model_cfg` is an `ffpipe.config.ModelConfig`."""
+    """The normalization every block's output gets before the next block, as `model.norm` names it (the group
+    norms split into `groups`, the classes): the one place the FF stages, the BP twin and the probes take it
+    from. `model_cfg` is an `ffpipe.config.ModelConfig`."""
     kind, eps = model_cfg.norm, model_cfg.eps
     if kind == "rms":
         return lambda x: rms_norm(x, eps)
     if kind == "group":
+        return lambda x: F.group_norm(x, groups, eps=eps)
+    if kind == "group_rms":
         return lambda x: group_rms_norm(x, groups, eps)
     raise FFPipeError(f"model.norm '{kind}' is not one of {', '.join(NORMS)}")
+
+
+def network_input(model_cfg) -> Callable[[Tensor], Tensor]:
+    """The normalization of the network's input images, as `model.input_norm` names it."""
+    if model_cfg.input_norm == "layer":
+        return lambda x: F.layer_norm(x, x.shape[1:], eps=model_cfg.eps)
+    return lambda x: rms_norm(x, model_cfg.eps)

@@ -64,6 +64,7 @@ def lr_at(
     *,
     milestones: Sequence[int] = (),
     gamma: float = 0.1,
+    floor: float = 0.0,
 ) -> float:
     """Learning rate for `epoch` (1-indexed: the epoch about to run) of a run of `epochs` epochs.
 
@@ -77,8 +78,8 @@ def lr_at(
       the two differ. E = 1 runs at `lr`.
     - `multistep`: `base_lr * gamma ** (number of milestones <= e - 1)`, the value torch `MultiStepLR` gives
       when stepped once at the end of every epoch (its milestones count completed epochs).
-    - `cosine`: `base_lr * (1 + cos(pi * (e - 1) / E)) / 2`, i.e. torch `CosineAnnealingLR` with
-      `T_max = E`, `eta_min = 0`; our choice, not a paper's.
+    - `cosine`: `base_lr * (f + (1 − f) (1 + cos(pi * (e - 1) / E)) / 2)` with f = `floor`, i.e. torch
+      `CosineAnnealingLR` with `T_max = E`, `eta_min = f · base_lr` (DeeperForward anneals to a tenth).
     """
     if epochs < 1:
         raise FFPipeError(f"epochs must be >= 1, got {epochs}")
@@ -94,8 +95,17 @@ def lr_at(
     if schedule == "multistep":
         return base_lr * gamma ** sum(1 for m in milestones if m <= epoch - 1)
     if schedule == "cosine":
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
+        return base_lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs)))
     raise FFPipeError(f"unknown lr schedule {schedule!r} (choose one of {', '.join(SCHEDULES)})")
+
+
+def schedule_of(optim_cfg):
+    """`lr_at` for any base rate under `optim_cfg`'s schedule (`ffpipe.config.OptimConfig`); `lr_min` is a
+    fraction of `optim.lr`, so head slices and FGFF weights anneal to the same fraction of their own rates."""
+    o = optim_cfg
+    floor = o.lr_min / o.lr if o.lr > 0 else 0.0
+    return lambda base, epoch, epochs: lr_at(o.schedule, base, epoch, epochs, milestones=o.milestones,
+                                             gamma=o.gamma, floor=floor)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

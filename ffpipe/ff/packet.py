@@ -12,8 +12,9 @@ call so the weight gradient skips them. The row layout is fixed by the packet's 
 | `plain`   | neutral B (or the image for group_ce)          | linear / group readouts, exits   |
 | `overlay` | C·B rows, label-major: rows kB:(k+1)B = label k | goodness readout (seed 000 eq. 4) |
 
-`logits` is the running `[B, C]` sum of the head slices; `scores` the running `[B, C]` goodness (overlay
-view) or group goodness (group_ce); `exits` one early-exit prediction row per stage already passed.
+`logits` is the running `[B, C]` sum of the head slices; `scores` the per-block `[blocks, B, C]` goodness per
+label (overlay view) or group goodness (group_ce); `exits` one early-exit prediction row per stage already
+passed; `extras` the shortcut tensors in flight (`ffpipe.ff.shortcuts`), rows laid out like `x`.
 
 The packet source: Stage 0's job: turn minibatches of images into packets of positive, negative and neutral streams.
 
@@ -29,14 +30,14 @@ The network input gets the same RMS normalization as every block output (seed 00
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ffpipe.config import Config
 from ffpipe.data import Dataset, Split, epoch_batches, num_batches
 from ffpipe.ff.labels import make_encoder, sample_distinct_negatives
-from ffpipe.ff.norm import rms_norm
+from ffpipe.ff.norm import network_input
 
 VIEWS = ("train", "plain", "overlay")
 
@@ -57,6 +58,7 @@ class Packet:
     logits: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     exits: torch.Tensor | None = None
+    extras: dict[int, torch.Tensor] = field(default_factory=dict)  # shortcut tensors in flight, by source block
 
     @property
     def n(self) -> int:
@@ -107,6 +109,7 @@ class PacketSource:
                                     label_set=lab.label_set, k=lab.k, k_reading=lab.k_reading,
                                     device=self.device)
         self.overlays = self.encoder.overlays
+        self._normalize = network_input(cfg.model)
         self.negatives = negative_streams(cfg)
         self.neutral = cfg.head.mode != "none"
 
@@ -115,8 +118,8 @@ class PacketSource:
         return num_batches(len(self.dataset.train), self.cfg.data.batch_size, drop_last=True)
 
     def network_input(self, x: torch.Tensor) -> torch.Tensor:
-        """What the first block sees: the (labelled) images, RMS-normalized like every block output."""
-        return rms_norm(x, self.cfg.model.eps)
+        """What the first block sees: the (labelled) images, normalized as `model.input_norm` says."""
+        return self._normalize(x)
 
     def train_packets(self, epoch: int, start_step: int = 0) -> Iterator[Packet]:
         """The packets of one epoch (1-indexed), from its `start_step`-th batch on; `Packet.step` counts

@@ -14,8 +14,11 @@ The constant factor does not change the partition; it makes the printed estimate
 
 from __future__ import annotations
 
+import math
+
 from ffpipe.errors import FFPipeError
 from ffpipe.ff.blocks import BlockSpec
+from ffpipe.ff.shortcuts import ShortcutPlan
 
 
 def block_costs(specs: list[BlockSpec], negatives: int = 1) -> list[int]:
@@ -80,18 +83,38 @@ def block_params(spec: BlockSpec) -> int:
     return spec.in_shape[0] * spec.kernel * spec.kernel * spec.out + spec.out
 
 
+def boundary_floats(specs: list[BlockSpec], bounds: list[tuple[int, int]], plan: ShortcutPlan) -> list[tuple[int, int]]:
+    """Per stage: the floats per sample and stream it sends on, (activations, shortcut tensors in flight);
+    (0, 0) for the last stage."""
+    out = []
+    for _, last in bounds:
+        if last == len(specs):
+            out.append((0, 0))
+            continue
+        activation = math.prod(specs[last].in_shape)  # the last block's output as the next block reads it
+        shortcuts = sum(math.prod(specs[src + 1].in_shape) for src in plan.in_flight(last - 1))
+        out.append((activation, shortcuts))
+    return out
+
+
 def partition_table(specs: list[BlockSpec], bounds: list[tuple[int, int]], negatives: int = 1,
-                    seconds: list[float] | None = None) -> str:
+                    seconds: list[float] | None = None, plan: ShortcutPlan | None = None) -> str:
     """The table printed at start: blocks, parameters, estimated training FLOPs per sample and each stage's
-    share of them (of the measured time per step, when the partition was measured)."""
+    share of them (of the measured time per step, when the partition was measured), and the KiB per sample
+    and stream it sends on: activations plus the shortcut tensors that cross the boundary."""
     costs = block_costs(specs, negatives)
     shares = seconds or costs
     total, total_share = sum(costs) or 1, sum(shares) or 1
     head = "ms/step share" if seconds else "share"
-    lines = [f"{'stage':>5}  {'blocks':>8}  {'params':>11}  {'GFLOP/sample':>12}  {head:>13}"]
+    sent = boundary_floats(specs, bounds, plan or ShortcutPlan())
+    lines = [f"{'stage':>5}  {'blocks':>8}  {'params':>11}  {'GFLOP/sample':>12}  {head:>13}  "
+             f"{'KiB out (shortcuts)':>20}"]
     for k, (first, last) in enumerate(bounds):
         cost, share = sum(costs[first:last]), sum(shares[first:last])
         params = sum(block_params(s) for s in specs[first:last])
         shown = f"{1000 * share:.2f} {share / total_share:.0%}" if seconds else f"{cost / total:.1%}"
-        lines.append(f"{k:>5}  {f'{first}..{last - 1}':>8}  {params:>11,}  {cost / 1e9:>12.4f}  {shown:>13}")
+        act, extra = sent[k]
+        out = f"{4 * (act + extra) / 1024:.1f} ({4 * extra / 1024:.1f})" if act else "-"
+        lines.append(f"{k:>5}  {f'{first}..{last - 1}':>8}  {params:>11,}  {cost / 1e9:>12.4f}  {shown:>13}  "
+                     f"{out:>20}")
     return "\n".join(lines)

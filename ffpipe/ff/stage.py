@@ -41,8 +41,9 @@ from ffpipe.ff.blocks import BlockSpec, build_block
 from ffpipe.ff.head import GradAverage, HeadSlices, exit_predictions, head_loss, readout_blocks
 from ffpipe.ff.norm import between_blocks
 from ffpipe.ff.objectives import make_objective
-from ffpipe.ff.optim import lr_at, make_optimizer, set_lr
+from ffpipe.ff.optim import make_optimizer, schedule_of, set_lr
 from ffpipe.ff.packet import Packet, negative_streams
+from ffpipe.ff.shortcuts import ShortcutPlan, join, parse_shortcuts
 
 Clock = Callable[[], float]
 
@@ -87,6 +88,7 @@ class Stage:
         self.backprop_chunk = cfg.train.chunk_mode == "backprop"
         self.average_grads = average_grads
         self.normalize = between_blocks(cfg.model, num_classes)
+        self.shortcuts = ShortcutPlan(tuple(parse_shortcuts(cfg.model.shortcuts, len(specs))))
         self.blocks = nn.ModuleList(build_block(specs[i], cfg.train.seed) for i in self.indices).to(self.device)
         self.objectives = nn.ModuleList(make_objective(cfg.loss, specs[i], num_classes)
                                         for i in self.indices).to(self.device)
@@ -130,12 +132,12 @@ class Stage:
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Set every optimizer's lr for `epoch` (1-indexed): schedules are pure functions of the epoch."""
-        o = self.cfg.optim
+        o, rate = self.cfg.optim, schedule_of(self.cfg.optim)
         groups = [(self.optims, o.lr), (self.sig_optims, self.cfg.loss.significance_lr),
                   (list(self.head.optims.values()), self.cfg.head.lr)]
-        self._lr = lr_at(o.schedule, o.lr, epoch, epochs, milestones=o.milestones, gamma=o.gamma)
+        self._lr = rate(o.lr, epoch, epochs)
         for optims, base in groups:
-            lr = lr_at(o.schedule, base, epoch, epochs, milestones=o.milestones, gamma=o.gamma)
+            lr = rate(base, epoch, epochs)
             for opt in optims:
                 if opt is not None:
                     set_lr(opt, lr)
@@ -159,7 +161,7 @@ class Stage:
     def compute(self, packet: Packet, clock: Clock | None = None) -> Computed:
         """Forward through every block and the blocks' and local head's gradients; nothing is updated yet."""
         self._set_mode(True)
-        x, logits = packet.x, packet.logits
+        x, logits, extras = packet.x, packet.logits, dict(packet.extras)
         labels = None if self.overlays else packet.y
         steps, chunk_loss, head_losses = [], None, []
         for j, index in enumerate(self.indices):
@@ -186,6 +188,7 @@ class Stage:
                 if not self.head.joint:
                     head_losses.append(head_loss(part if logits is None else logits + part, packet.y))
                 logits = part.detach() if logits is None else logits + part.detach()
+            x = self._join(index, x, extras)
             steps.append(BlockStep(index, stats, self.trains[j], (clock() - t0) if clock else 0.0))
         if chunk_loss is not None:
             t0 = clock() if clock else 0.0
@@ -197,7 +200,19 @@ class Stage:
             self.head.zero_grad()
             sum(head_losses).backward()
         self._track_non_finite(packet.step, steps)
-        return Computed(packet.evolve(x=x.detach(), logits=logits), steps, bool(head_losses))
+        return Computed(packet.evolve(x=x.detach(), logits=logits, extras=extras), steps, bool(head_losses))
+
+    def _join(self, index: int, x: torch.Tensor, extras: dict[int, torch.Tensor]) -> torch.Tensor:
+        """After block `index`: join the shortcut that ends here, keep the result (detached) if a later block
+        joins it, and drop the tensors no later block needs (`ffpipe.ff.shortcuts`)."""
+        shortcut = self.shortcuts.incoming(index)
+        if shortcut is not None:
+            x = join(x, extras[shortcut.src], shortcut.kind)
+        if self.shortcuts.is_source(index):
+            extras[index] = x.detach()
+        for src in self.shortcuts.done_after(index):
+            extras.pop(src, None)
+        return x
 
     def _block_forward(self, j: int, inp: torch.Tensor, packet: Packet) -> torch.Tensor:
         """Positive and negative rows in one matmul with autograd; the neutral rows, which carry no loss, in a
@@ -264,7 +279,7 @@ class Stage:
         """Inference, no updates: add this stage's partial logits and per-block scores (goodness per label
         for the overlay view, group goodness for group_ce), and record an exit."""
         self._set_mode(False)
-        x, logits = packet.x, packet.logits
+        x, logits, extras = packet.x, packet.logits, dict(packet.extras)
         n, c = packet.n, self.num_classes
         scored = packet.view == "overlay" or not self.overlays
         per_block = []
@@ -279,6 +294,7 @@ class Stage:
             if packet.view == "plain" and index in self.head:
                 part = self.head.readout_logits(index, x.flatten(1))
                 logits = part if logits is None else logits + part
+            x = self._join(index, x, extras)
         scores = packet.scores
         if per_block:
             new = torch.stack(per_block)
@@ -288,20 +304,21 @@ class Stage:
             rows = [i for i in range(len(scores)) if i in self.readout]
             summed = scores[rows].sum(dim=0) if rows else None
         exit_from = logits if packet.view == "plain" and logits is not None else summed
-        out = packet.evolve(x=x, logits=logits, scores=scores)
+        out = packet.evolve(x=x, logits=logits, scores=scores, extras=extras)
         out.exits = packet.add_exit(exit_predictions(exit_from, n, x.device))
         return out
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each block's normalized output for input `x`, in eval mode: what the head reads, and what class
-        activation maps and t-SNE look at (`ffpipe.lab.analysis`)."""
+        """Each block's normalized output for network input `x` (a one-stage network), in eval mode: what the
+        head reads, and what class activation maps and t-SNE look at (`ffpipe.lab.analysis`)."""
         self._set_mode(False)
-        outputs = []
-        for j in range(len(self.indices)):
+        outputs, extras = [], {}
+        for j, index in enumerate(self.indices):
             with self._autocast():
                 x = self.normalize(self._forward[j](x))
             outputs.append(x)
+            x = self._join(index, x, extras)
         return outputs
 
     # -- state ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from ffpipe.errors import FFPipeError
 from ffpipe.ff.head import readout_blocks
 from ffpipe.ff.packet import negative_streams
 from ffpipe.ff.partition import partition_table
+from ffpipe.ff.shortcuts import ShortcutPlan, parse_shortcuts
 from ffpipe.pipeline import topology as topology_mod
 from ffpipe.pipeline.control import Control
 from ffpipe.pipeline.head_channel import HeadChannel
@@ -97,7 +98,8 @@ def _build(cfg: Config, topology: Topology, control: Control, run_dir: Path, ave
                   next=Sender(topology.next, **wire) if topology.next is not None else None,
                   head=HeadChannel(cfg, topology, owns_head, **wire))
     if topology.leader:
-        print(partition_table(model.specs, model.bounds, negative_streams(cfg), model.seconds), flush=True)
+        plan = ShortcutPlan(tuple(parse_shortcuts(cfg.model.shortcuts, model.num_blocks)))
+        print(partition_table(model.specs, model.bounds, negative_streams(cfg), model.seconds, plan), flush=True)
     return StageWorker(cfg, model, topology, control, links, run_dir, average_grads)
 
 

@@ -40,20 +40,25 @@ SPLITS = ("val", "test")
 
 
 def pack(p: Packet, split: str = "val") -> list[torch.Tensor]:
-    """A packet as wire tensors; absent accumulators travel as empty tensors (the wire sends no bytes).
-    Every tensor is fresh or a clone (`unpack`), and nothing modifies a packet's tensors after they are
-    sent, so the worker hands them to the wire without a staging copy (`Sender.send(copy=False)`)."""
+    """A packet as wire tensors: x, y, meta (view, split, the source blocks of the shortcut tensors in
+    flight), the accumulators (absent ones as empty tensors: the wire sends no bytes), then the shortcut
+    tensors. Every tensor is fresh or a clone (`unpack`), and nothing modifies a packet's tensors after they
+    are sent, so the worker hands them to the wire without a staging copy (`Sender.send(copy=False)`)."""
     empty = torch.empty(0, device=p.x.device)
-    meta = torch.tensor([VIEWS.index(p.view), SPLITS.index(split)], dtype=torch.long, device=p.x.device)
-    return [p.x, p.y, meta] + [t if t is not None else empty for t in (p.logits, p.scores, p.exits)]
+    meta = torch.tensor([VIEWS.index(p.view), SPLITS.index(split), *p.extras], dtype=torch.long, device=p.x.device)
+    accumulators = [t if t is not None else empty for t in (p.logits, p.scores, p.exits)]
+    return [p.x, p.y, meta, *accumulators, *p.extras.values()]
 
 
 def unpack(msg: Message) -> tuple[Packet, str]:
-    """Receive buffers are reused by the wire, so everything that outlives this step is cloned."""
-    x, y, meta, logits, scores, exits = msg.tensors
-    view, split = VIEWS[int(meta[0])], SPLITS[int(meta[1])]
+    """Receive buffers are reused by the wire, so everything that outlives this step is cloned: all but x,
+    which the stage consumes before the next receive."""
+    x, y, meta, logits, scores, exits, *extras = msg.tensors
+    meta = meta.tolist()
+    view, split = VIEWS[meta[0]], SPLITS[meta[1]]
     keep = [t.clone() if t.numel() else None for t in (y, logits, scores, exits)]
-    return Packet(view, x, keep[0], msg.step, msg.epoch, keep[1], keep[2], keep[3]), split
+    shortcuts = {src: t.clone() for src, t in zip(meta[2:], extras)}
+    return Packet(view, x, keep[0], msg.step, msg.epoch, keep[1], keep[2], keep[3], shortcuts), split
 
 
 @dataclass

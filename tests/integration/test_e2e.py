@@ -16,7 +16,7 @@ from ffpipe.run.sequential import train
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["train.progress=false", "train.epochs=1"]
 LINEAR_ONLY = ["head.readouts=[linear]"]  # the goodness readout's 10 overlay passes are checked elsewhere
-GROUP_CE = ["loss.family=group_ce", "data.labels.encoding=none", "model.norm=group", "model.depth=2",
+GROUP_CE = ["loss.family=group_ce", "data.labels.encoding=none", "model.norm=group_rms", "model.depth=2",
             "model.width=[20,40]", "model.kernel=3", "model.pool=[2,2]", "head.readouts=[linear,group]",
             "head.exclude_first=false"]
 FLOORS = {

@@ -65,6 +65,10 @@ def test_group_rms_norm_rejects_an_uneven_split():
 def test_between_blocks_picks_the_configured_normalization():
     x = _activity(2, 6, 3, 3)
     assert torch.equal(between_blocks(ModelConfig(norm="rms"), 3)(x), rms_norm(x))
-    assert torch.equal(between_blocks(ModelConfig(norm="group"), 3)(x), group_rms_norm(x, 3))
+    assert torch.equal(between_blocks(ModelConfig(norm="group_rms"), 3)(x), group_rms_norm(x, 3))
+    # DeeperForward's CWConv: per sample and class group, zero mean and unit variance, no affine
+    grouped = between_blocks(ModelConfig(norm="group"), 3)(x).reshape(2, 3, -1)
+    assert torch.allclose(grouped.mean(dim=-1), torch.zeros(2, 3), atol=1e-5)
+    assert torch.allclose(grouped.var(dim=-1, unbiased=False), torch.ones(2, 3), atol=1e-3)
     with pytest.raises(FFPipeError, match="model.norm"):
         between_blocks(ModelConfig(norm="layer"), 3)
