@@ -33,8 +33,17 @@ READOUTS = ("linear", "goodness", "group")
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
+    """`NAME:k=v,k=v`; commas inside brackets belong to a list value (`model.width=[16,32]`)."""
     name, _, sets = text.partition(":")
-    return name, [s for s in sets.split(",") if s]
+    parts, depth, current = [], 0, ""
+    for char in sets:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return name, [s for s in [*parts, current] if s]
 
 
 def train(config: str, shared: list[str], own: list[str], run_dir: Path) -> float:

@@ -106,3 +106,40 @@ def test_two_stages_times_two_replicas_match_sequential_at_the_global_batch(sequ
     diff = diff_checkpoints(seq, run)
     assert max(row["block"]["max_abs_diff"] for row in diff["blocks"]) < 1e-5, diff
     assert max(row["head"]["max_abs_diff"] for row in diff["blocks"] if "head" in row) < 1e-5, diff
+
+
+RESIDUAL = """\
+data: {batch_size: 50, labels: {encoding: none}}
+model: {type: conv, depth: 6, width: [10, 10, 10, 20, 20, 20], kernel: 3, stride: [1, 1, 1, 2, 1, 1],
+        shortcuts: [[0, 2, add], [2, 4, concat], [3, 5, add]], norm: group, input_norm: layer, bias: false,
+        init: kaiming}
+loss: {family: group_ce, group_goodness: mean}
+optim: {name: adamw, lr: 0.003, weight_decay: 0.0005}
+head: {mode: none, readouts: [group]}
+train: {epochs: 1, progress: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def residual(tmp_path_factory):
+    base = tmp_path_factory.mktemp("residual")
+    cfg = base / "residual.yaml"
+    cfg.write_text(RESIDUAL)
+    return str(cfg), train(str(cfg), base / "seq", "--stages", "1", "--max-steps", "12")
+
+
+@pytest.mark.parametrize("stages, partition", [(2, "[3,3]"), (3, "[2,2,2]"), (4, "[2,2,1,1]")])
+def test_residual_pipeline_equals_sequential_bitwise(residual, tmp_path, stages, partition):
+    """Shortcut tensors cross every one of these boundaries (block 0 -> 2, 2 -> 4, 3 -> 5) in the packet."""
+    cfg, seq = residual
+    run = train(cfg, tmp_path / "pipe", "--stages", str(stages), "--set", f"pipeline.partition={partition}",
+                "--max-steps", "12")
+    assert diff_checkpoints(seq, run)["identical"]
+
+
+def test_residual_resume_with_another_partition(residual, tmp_path):
+    cfg, seq = residual
+    run = tmp_path / "run"
+    train(cfg, run, "--stages", "3", "--set", "pipeline.partition=[2,2,2]", "--max-steps", "6")
+    train(cfg, run, "--stages", "2", "--set", "pipeline.partition=[3,3]", "--max-steps", "12", "--resume")
+    assert diff_checkpoints(seq, run)["identical"]
