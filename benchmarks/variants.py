@@ -80,23 +80,28 @@ def summarize(name: str, own: list[str], run_dir: Path, seconds: float | None) -
     return {"name": name, "overrides": own, "seconds": seconds, "train_s": sum(r["train_s"] for r in epochs),
             "epochs": last["epoch"], "local": local, "val": val,
             "val_blocks": {k: v for k, v in epochs[-1].get("val", {}).items() if k.endswith("_blocks")},
-            "test": {k: test[k] for k in test if k in READOUTS or k.endswith("_blocks")}}
+            "test": {k: test[k] for k in test
+                     if k in READOUTS or k.endswith(("_blocks", "_selected", "_selected_range"))}}
 
 
 def markdown(rows: list[dict], title: str, command: str) -> str:
     lines = [f"# {title}\n", f"`{command}`\n",
              f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, one run at a time.\n",
              "| variant | overrides | epochs | train s | local accuracy per block (last epoch) | "
-             "goodness/group readout per block (val) | test linear | test goodness/group |",
-             "|---|---|---|---|---|---|---|---|"]
+             "goodness/group readout per block (val) | test linear | test goodness/group | "
+             "test, range chosen on val |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         local = "; ".join(f"{k} " + " ".join(f"{v:.2f}" for v in vals if v is not None)
                           for k, vals in r["local"].items())
         blocks = "; ".join(" ".join(f"{v:.2f}" for v in vals) for vals in r["val_blocks"].values())
         scored = r["test"].get("goodness", r["test"].get("group"))
+        name = next((k[: -len("_selected")] for k in r["test"] if k.endswith("_selected")), None)
+        chosen = "-" if name is None else \
+            f"{r['test'][name + '_selected']:.4f} (blocks {r['test'][name + '_selected_range']})"
         lines.append(f"| {r['name']} | {', '.join(r['overrides']) or '-'} | {r['epochs']} | {r['train_s']:.0f} | "
                      f"{local} | {blocks or '-'} | {r['test'].get('linear', float('nan')):.4f} | "
-                     f"{'-' if scored is None else f'{scored:.4f}'} |")
+                     f"{'-' if scored is None else f'{scored:.4f}'} | {chosen} |")
     lines += ["\n## Per epoch (validation; test where the run's checkpoints were scored)\n",
               "| variant | epoch | val linear | val goodness/group | test linear | test goodness/group |",
               "|---|---|---|---|---|---|"]

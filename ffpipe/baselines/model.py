@@ -6,7 +6,8 @@ so layer types, widths, kernels, pooling, BatchNorm, activation and initial weig
 blocks sits the same normalization, `model.norm` (the RMS norm of seed 000 eq. 2 by default, its per-group
 variant for group_ce configs): it is part of the FF architecture, so BP keeps it, but nothing is detached,
 and the gradient of the one loss flows through every norm into every block. The network input is the plain
-image (no label overlay: BP reads the label only in its loss), RMS-normalized like the FF input.
+image (no label overlay: BP reads the label only in its loss), normalized like the FF input
+(`model.input_norm`). Shortcuts (`model.shortcuts`) join exactly as in FF, but are not detached: a BP ResNet.
 
 Seed 000 §3.2 compares its FF-CNN with a BP-trained CNN of the same size but does not describe that net's
 norms or head, so the rest is our choice. Keeping the between-block norm makes the two networks compute the
@@ -14,6 +15,11 @@ same function class; on top sits one linear softmax classifier trained with cros
 readout. It reads the *normalized* activity of the last block, the features an FF head slice reads (seed 000
 §2.3), so the two readouts differ only in how the blocks below them were trained. Its initial weights
 depend only on (seed, depth), like a head slice's.
+
+For a channel-group config (`group_ce`, DeeperForward's nets) the classifier is of the FF readout's kind
+instead: the logits are the last block's class-group mean activations (what its group readout sums), so the
+BP twin has no parameter the FF net lacks, and it trains with the same cross-entropy over the groups, only
+through every block at once.
 """
 
 from __future__ import annotations
@@ -28,31 +34,44 @@ from torch import Tensor, nn
 from ffpipe.config import Config
 from ffpipe.ff.blocks import BlockSpec, block_specs, build_block
 from ffpipe.ff.head import make_slice
-from ffpipe.ff.norm import between_blocks, rms_norm
+from ffpipe.ff.norm import between_blocks, network_input
+from ffpipe.ff.shortcuts import ShortcutPlan, join, parse_shortcuts
 
 
 class BPNet(nn.Module):
-    """FF blocks with `model.norm` between them, not detached, then a linear classifier: image -> logits."""
+    """FF blocks with `model.norm` between them and the config's shortcuts, nothing detached, then a linear
+    classifier (or, with `group_classifier`, the last block's class-group means): image -> logits."""
 
-    def __init__(self, specs: list[BlockSpec], num_classes: int, model_cfg, seed: int):
+    def __init__(self, specs: list[BlockSpec], num_classes: int, model_cfg, seed: int,
+                 group_classifier: bool = False):
         super().__init__()
-        self.eps = model_cfg.eps
+        self.num_classes = num_classes
         self.blocks = nn.ModuleList(build_block(spec, seed) for spec in specs)
+        self.input_norm = network_input(model_cfg)
         self.norm = between_blocks(model_cfg, num_classes)
-        self.classifier = make_slice(specs[-1].units, num_classes, len(specs), seed)
+        self.shortcuts = ShortcutPlan(tuple(parse_shortcuts(model_cfg.shortcuts, len(specs))))
+        self.classifier = None if group_classifier else make_slice(specs[-1].units, num_classes, len(specs), seed)
 
     def forward(self, images: Tensor) -> Tensor:
         """`images`: plain float images [B, C, H, W] in [0, 1]; returns logits [B, classes]."""
-        x = rms_norm(images, self.eps)
-        for block in self.blocks:
-            x = self.norm(block(x))
+        x, saved = self.input_norm(images), {}
+        for index, block in enumerate(self.blocks):
+            y = block(x)
+            if self.classifier is None and index == len(self.blocks) - 1:
+                return y.reshape(y.shape[0], self.num_classes, -1).mean(dim=2)
+            x = self.norm(y)
+            shortcut = self.shortcuts.incoming(index)
+            if shortcut is not None:
+                x = join(x, saved[shortcut.src], shortcut.kind)
+            if self.shortcuts.is_source(index):
+                saved[index] = x
         return self.classifier(x.flatten(1))
 
 
 def build_bp_model(cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> BPNet:
     """The BP twin of `cfg`'s FF network, on the CPU; shape errors are the same FFPipeError lines as FF's."""
     specs = block_specs(cfg.model, image_shape)
-    return BPNet(specs, num_classes, cfg.model, cfg.train.seed)
+    return BPNet(specs, num_classes, cfg.model, cfg.train.seed, group_classifier=cfg.loss.family == "group_ce")
 
 
 def gradient_bytes(model: nn.Module) -> int:

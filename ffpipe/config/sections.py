@@ -86,6 +86,9 @@ class DataConfig:
     """Images per evaluation batch."""
     train_subset: Positive | None = None
     """Train on a seeded subset of this many training images (val and test are never cut)."""
+    resize: Positive | None = None
+    """Resize every image to this square size, bilinearly, once at load (DeeperForward feeds MNIST at 32x32,
+    so three stride-2 downsamplings stay even)."""
     labels: LabelConfig = field(default_factory=LabelConfig)
 
 

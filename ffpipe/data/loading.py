@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 import ffpipe.data.catalog as catalog
 from ffpipe.data.catalog import DatasetSpec, get_spec
@@ -99,11 +100,27 @@ def load_dataset(
     return load_located(name, data_dir, split_seed, download, val_split)[0]
 
 
+def shape_for_config(data) -> tuple[int, int, int]:
+    """The (C, H, W) a run's blocks see: the catalog's, or `data.resize` square."""
+    c, h, w = get_spec(data.name).image_shape
+    return (c, h, w) if data.resize is None else (c, data.resize, data.resize)
+
+
+def resize_split(split: Split, size: int) -> Split:
+    """Bilinear resize of uint8 images, rounded back to uint8 so the pipeline's input stays the same type."""
+    images = F.interpolate(split.images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    return Split(images.round().clamp(0, 255).to(split.images.dtype), split.labels)
+
+
 def load_for_config(data) -> Dataset:
-    """The dataset a run's `data` config section asks for: `load_dataset`, then, if `train_subset` is set, the
-    first `train_subset` training images of a permutation seeded by `split_seed` (our choice, for experiments
-    that sweep many models on a CPU; val and test are never cut). Class balance is left to the draw."""
+    """The dataset a run's `data` config section asks for: `load_dataset`, resized if `data.resize` is set,
+    then, if `train_subset` is set, the first `train_subset` training images of a permutation seeded by
+    `split_seed` (our choice, for experiments that sweep many models on a CPU; val and test are never cut).
+    Class balance is left to the draw."""
     dataset = load_dataset(data.name, data.dir, data.split_seed, val_split=data.val_split)
+    if data.resize is not None:
+        train, val, test = (resize_split(s, data.resize) for s in (dataset.train, dataset.val, dataset.test))
+        dataset = Dataset(dataset.name, train, val, test, dataset.num_classes, dataset.class_names, dataset.source)
     n = data.train_subset
     if n is None:
         return dataset

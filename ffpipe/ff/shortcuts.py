@@ -8,8 +8,10 @@ block input in FF, so no gradient crosses a block through it either. We follow i
 - A shortcut `(src, dst, kind)` takes block src's output as the next block saw it — normalized, and already
   joined with src's own incoming shortcut — and joins it to block dst's normalized output; the result is what
   block dst + 1 reads. Block dst's goodness comes from its own activity, before the join.
-- Resolution: when the source is larger (stride or pooling in between), it is average-pooled by the integer
-  factor (DeeperForward pools by 2 at every downsampling).
+- Resolution: when the source is larger (stride or pooling in between), it is average-pooled by the factor
+  f = ceil(source / destination) (DeeperForward pools by 2 at every downsampling of its 32x32 inputs). An odd
+  size pools with a partial last window (`ceil_mode`), which is what a stride-2 padded conv does to it
+  (7 -> 4): our rule, so 28x28 images need no resize.
 - Width: ADD needs the source's channels to fit: a narrower source is zero-padded up to the destination's
   channels (our rule for a mismatch its network never has); a wider one is an error. CONCAT takes any width.
 
@@ -63,8 +65,9 @@ def joined_shape(out: tuple[int, ...], src: tuple[int, ...], shortcut: Shortcut)
     where = f"config model.shortcuts {shortcut.src} -> {shortcut.dst} ({shortcut.kind})"
     if len(out) != 3 or len(src) != 3:
         raise FFPipeError(f"{where}: shortcuts join conv blocks (C, H, W), got {src} and {out}")
-    if src[1] % out[1] or src[2] % out[2] or src[1] // out[1] != src[2] // out[2]:
-        raise FFPipeError(f"{where}: a {src[1]}x{src[2]} source does not pool evenly to {out[1]}x{out[2]}")
+    f = pool_factor(src[1], out[1])
+    if f != pool_factor(src[2], out[2]) or -(-src[1] // f) != out[1] or -(-src[2] // f) != out[2]:
+        raise FFPipeError(f"{where}: no average pooling takes a {src[1]}x{src[2]} source to {out[1]}x{out[2]}")
     if shortcut.kind == "concat":
         return (out[0] + src[0], out[1], out[2])
     if src[0] > out[0]:
@@ -73,10 +76,15 @@ def joined_shape(out: tuple[int, ...], src: tuple[int, ...], shortcut: Shortcut)
     return out
 
 
+def pool_factor(src: int, dst: int) -> int:
+    """The average-pooling window (and stride) that takes `src` pixels to `dst`: ceil(src / dst)."""
+    return -(-src // dst)
+
+
 def join(x: torch.Tensor, source: torch.Tensor, kind: str) -> torch.Tensor:
     """Block dst's normalized output `x` [N, C, H, W] joined with a (detached) source [N, C', H', W']."""
     if source.shape[-1] != x.shape[-1]:
-        source = F.avg_pool2d(source, source.shape[-1] // x.shape[-1])
+        source = F.avg_pool2d(source, pool_factor(source.shape[-1], x.shape[-1]), ceil_mode=True)
     if kind == "concat":
         return torch.cat([x, source], dim=1)
     if source.shape[1] < x.shape[1]:

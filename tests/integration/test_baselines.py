@@ -116,6 +116,28 @@ def test_bp_model_is_the_ff_architecture_trained_end_to_end():
     assert bp.blocks[0].layer.weight.grad.abs().sum() > 0
 
 
+def test_bp_twin_of_a_residual_group_net_joins_its_shortcuts_and_reads_the_groups():
+    """The twin of a DeeperForward-style config: same blocks, the shortcuts joined without detaching (so the
+    gradient reaches block 0 through them too), and logits that are the last block's class-group means."""
+    cfg = load_config(ROOT / "configs" / "fashion_mnist_resnet17_cpu.yaml", ["data.name=fashion_mnist_small"])
+    bp = build_bp_model(cfg, (1, 28, 28), 10)
+    assert bp.classifier is None
+    ff_stages = Model.build(cfg, torch.device("cpu")).stages()
+    ff_params = sum(p.numel() for stage in ff_stages for block in stage.blocks for p in block.parameters())
+    assert gradient_bytes(bp) == 4 * ff_params  # no parameter the FF blocks lack
+    bp.eval()
+    images = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        captured = []
+        hook = bp.blocks[-1].register_forward_hook(lambda m, i, out: captured.append(out))
+        logits = bp(images)
+        hook.remove()
+    assert torch.allclose(logits, captured[0].reshape(3, 10, -1).mean(dim=2))
+    bp.train()
+    torch.nn.functional.cross_entropy(bp(images), torch.arange(3)).backward()
+    assert all(block.layer.weight.grad.abs().sum() > 0 for block in bp.blocks)
+
+
 def test_wrong_config_key_is_one_line(tmp_path, capsys):
     code = main(["train-bp", "--config", str(mlp_config(tmp_path)), "--set", "model.widht=3",
                  "--out", str(tmp_path / "r")])

@@ -5,17 +5,32 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ffpipe.config import dump_config, load_config
+from ffpipe.data.loading import shape_for_config
 from ffpipe.errors import FFPipeError
+from ffpipe.ff.blocks import block_specs
+from ffpipe.run.records import BlockMeter
+from ffpipe.run.sequential import SequentialRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_every_shipped_config_loads():
+def test_every_shipped_config_loads_and_its_blocks_chain():
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         cfg = load_config(path)
-        assert cfg.model.depth >= 1, path
+        assert len(block_specs(cfg.model, shape_for_config(cfg.data))) == cfg.model.depth, path
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*_cpu.yaml")), ids=lambda p: p.stem)
+def test_cpu_configs_train_a_step_on_the_embedded_slice(path):
+    """The CPU-sized configs promise to run on the slice: one real step through every block, finite losses."""
+    cfg = load_config(path, ["data.name=fashion_mnist_small", "data.batch_size=8", "pipeline.stages=1"])
+    runner = SequentialRunner(cfg)
+    meters = [BlockMeter(stage.stat_names) for stage in runner.stages]
+    loss, _ = runner.train_step(next(iter(runner.source.train_packets(1, 0))), meters)
+    assert torch.isfinite(loss)
 
 
 def test_overrides_parse_as_yaml():

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ffpipe.config import load_config
 from ffpipe.data import DATASETS, Split, catalog, data_info, format_info, load_dataset, locate
 from ffpipe.data.build_embedded import build
 from ffpipe.data.dataset import split_train_val
+from ffpipe.data.loading import load_for_config, resize_split, shape_for_config
 from ffpipe.errors import FFPipeError
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -84,6 +86,20 @@ def test_embedded_slice_is_balanced_and_small():
     license_text = (catalog.EMBEDDED_DIR / "LICENSE").read_text()
     assert "Copyright (c) 2017 Zalando SE" in license_text and "MIT License" in license_text
     assert "https://github.com/zalandoresearch/fashion-mnist" in license_text
+
+
+def test_resize_makes_every_split_square_uint8_and_keeps_the_labels():
+    """`data.resize` (DeeperForward feeds 28x28 digits at 32x32): bilinear, rounded back to uint8; a constant
+    image stays constant, so the resize adds no structure of its own."""
+    cfg = load_config(None, ["data.resize=32"]).data
+    plain, resized = load_dataset("fashion_mnist_small"), load_for_config(cfg)
+    assert shape_for_config(cfg) == (1, 32, 32) == resized.image_shape
+    for name in ("train", "val", "test"):
+        before, after = plain.split(name), resized.split(name)
+        assert after.images.dtype == torch.uint8 and after.images.shape[2:] == (32, 32)
+        assert torch.equal(after.labels, before.labels)
+    flat = Split(torch.full((1, 1, 28, 28), 77, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64))
+    assert torch.equal(resize_split(flat, 32).images, torch.full((1, 1, 32, 32), 77, dtype=torch.uint8))
 
 
 def test_unknown_split_name():

@@ -5,7 +5,7 @@ import torch
 
 from ffpipe.config import ModelConfig
 from ffpipe.errors import FFPipeError
-from ffpipe.ff.norm import between_blocks, group_rms_norm, rms_norm
+from ffpipe.ff.norm import between_blocks, group_rms_norm, network_input, rms_norm
 
 
 def _activity(*shape: int) -> torch.Tensor:
@@ -72,3 +72,14 @@ def test_between_blocks_picks_the_configured_normalization():
     assert torch.allclose(grouped.var(dim=-1, unbiased=False), torch.ones(2, 3), atol=1e-3)
     with pytest.raises(FFPipeError, match="model.norm"):
         between_blocks(ModelConfig(norm="layer"), 3)
+
+
+def test_group_norm_by_hand_and_the_layer_norm_input():
+    """DeeperForward: GroupNorm with one group per class, no affine, between blocks; LayerNorm over (C, H, W)
+    on the network input. Two channels per group, one pixel each, so every value is checkable by hand."""
+    x = torch.tensor([[1.0, 3.0, 0.0, 4.0]]).view(1, 4, 1, 1)  # groups {1, 3} and {0, 4}
+    y = between_blocks(ModelConfig(norm="group", eps=1e-8), 2)(x).flatten()
+    assert y.tolist() == pytest.approx([-1.0, 1.0, -1.0, 1.0], abs=1e-6)  # (v - mean) / std, std 1 and 2
+    image = torch.tensor([[[[0.0, 2.0], [4.0, 6.0]]]])  # mean 3, variance 5
+    normed = network_input(ModelConfig(input_norm="layer", eps=1e-8))(image).flatten()
+    assert normed.tolist() == pytest.approx([v / 5 ** 0.5 for v in (-3.0, -1.0, 1.0, 3.0)], rel=1e-6)

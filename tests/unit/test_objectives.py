@@ -212,3 +212,24 @@ def test_symba_on_a_conv_block_with_fourier_labels_by_hand_and_one_step():
     with torch.no_grad():
         after_pos, after_neg = (obj.goodness(t) for t in split_streams(block(inputs), 8, 2))
     assert (after_pos - after_neg).mean() > (g_pos - g_neg).mean()
+
+
+def test_deeperforward_block_by_hand_and_one_adamw_step_lowers_its_loss():
+    """A CWConv block (DeeperForward): a 1x1 conv without bias, ReLU, mean activation per class group, CE over
+    the groups. Hand-set weights make the numbers checkable; one AdamW step must lower that same loss."""
+    spec = BlockSpec(index=0, kind="conv", in_shape=(1, 2, 2), out=4, kernel=1, bias=False)
+    block = build_block(spec, seed=0)
+    with torch.no_grad():
+        block.layer.weight.copy_(torch.tensor([1.0, -1.0, 2.0, 0.5]).view(4, 1, 1, 1))
+    x = torch.tensor([[[[1.0, -1.0], [2.0, 0.0]]]])  # one image, one channel
+    obj = make_objective(LossConfig(family="group_ce", group_goodness="mean"), spec, num_classes=2)
+    scores = obj.class_scores(block(x))
+    # group 0 = channels 0, 1: relu(x) has mean 3/4, relu(-x) 1/4 -> 1/2; group 1: relu(2x) 6/4, relu(x/2) 3/8
+    assert scores.tolist() == [[0.5, pytest.approx(0.9375)]]
+    label = torch.tensor([0])
+    loss = obj.loss(block(x), None, label)[0]
+    assert loss.item() == pytest.approx(math.log(math.exp(0.5) + math.exp(0.9375)) - 0.5, rel=1e-6)
+    loss.backward()
+    torch.optim.AdamW(block.parameters(), lr=0.01, weight_decay=5e-4).step()
+    with torch.no_grad():
+        assert obj.loss(block(x), None, label)[0].item() < loss.item()

@@ -70,5 +70,14 @@ def test_a_narrower_source_is_zero_padded_for_add():
 def test_shortcuts_need_conv_blocks_and_matching_resolutions():
     with pytest.raises(FFPipeError, match="model.shortcuts: needs model.type conv"):
         load_config(None, ["model.type=linear", "data.labels.encoding=onehot", "model.shortcuts=[[0,1,add]]"])
-    with pytest.raises(FFPipeError, match="does not pool evenly"):
+    with pytest.raises(FFPipeError, match="no average pooling takes a 7x7 source to 5x5"):
         joined_shape((4, 5, 5), (4, 7, 7), Shortcut(0, 1, "add"))
+
+
+def test_an_odd_source_pools_like_a_stride_2_conv():
+    """7x7 -> 4x4 (a padded stride-2 conv's output): windows of 2 with a partial last one."""
+    assert joined_shape((4, 4, 4), (4, 7, 7), Shortcut(0, 1, "add")) == (4, 4, 4)
+    source = torch.arange(49.0).view(1, 1, 7, 7)
+    joined = join(torch.zeros(1, 1, 4, 4), source, "add")
+    assert joined[0, 0, 0, 0] == (0 + 1 + 7 + 8) / 4
+    assert joined[0, 0, 3, 3] == 48  # the partial corner window holds one pixel

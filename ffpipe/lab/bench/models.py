@@ -18,11 +18,26 @@ TIMED_TRAIN = "train: {epochs: 100, eval_every: 100000, progress: false}\n"  # n
 TIMED_EPOCH = 2  # epoch 1 warms up; the run stops one step into epoch 3
 
 
+GROUP_HEAD = "head: {mode: none, exclude_first: false, readouts: [group]}\n"
+DEEPER_FORWARD = ("loss: {{family: group_ce, group_goodness: mean}}\n"
+                  "optim: {{name: adamw, lr: 0.01, weight_decay: 0.0005, schedule: cosine, lr_min: 0.001}}\n")
+"""DeeperForward's block recipe as the `*_cpu.yaml` configs hold it (their lr; see README, Results)."""
+
+
 @dataclass(frozen=True)
 class Model:
     title: str  # formatted with w = width
-    body: str  # YAML data + model sections, formatted with b = batch, w = width, s = the subset key or ""
+    body: str  # YAML sections, formatted with b = batch, w = width (w2, w4, w8: its multiples), s = subset key
     depth: int
+    head: str = HEAD
+
+
+def _deep(layout: str, depth: int, title: str) -> Model:
+    """A DeeperForward-style group-goodness net (CWConv blocks, group norm, no bias, kaiming), widths w..8w."""
+    body = ("data: {{batch_size: {b}{s}, labels: {{encoding: none}}}}\n"
+            f"model: {{{{type: conv, depth: {depth}, kernel: 3, pool: 0, {layout}, dropout: 0.2, bias: false, "
+            "init: kaiming, input_norm: layer, norm: group}}\n" + DEEPER_FORWARD)
+    return Model(title, body, depth, GROUP_HEAD)
 
 
 MODELS = {
@@ -35,7 +50,21 @@ MODELS = {
     "deepcnn": Model("deep CNN 8x{w} 3x3, no pooling, one-hot labels",
                      "data: {{batch_size: {b}{s}, labels: {{encoding: onehot}}}}\n"
                      "model: {{type: conv, depth: 8, width: {w}, kernel: 3, pool: 0}}\n", 8),
+    "tinycnn": Model("TinyCNN 4 blocks, widths {w} to 4x{w} (DeeperForward), group goodness",
+                     "data: {{batch_size: {b}{s}, labels: {{encoding: none}}}}\n"
+                     "model: {{type: conv, depth: 4, width: [{w}, {w2}, {w4}, {w4}], kernel: [5, 5, 3, 3], "
+                     "pool: 0, in_pool: [0, 2, 2, 0], dropout: 0.2, bias: false, init: kaiming, "
+                     "input_norm: layer, norm: group}}\n" + DEEPER_FORWARD, 4, GROUP_HEAD),
+    "cnn14": _deep("width: [{w}, {w}, {w}, {w}, {w2}, {w2}, {w2}, {w4}, {w4}, {w4}, {w8}, {w8}, {w8}, {w8}], "
+                   "stride: [1, 1, 1, 1, 2, 1, 1, 2, 1, 1, 2, 1, 1, 1]", 14,
+                   "CNN-14, widths {w} to 8x{w} (DeeperForward), group goodness"),
+    "resnet17": _deep("width: [{w}, {w}, {w}, {w}, {w}, {w2}, {w2}, {w2}, {w2}, {w4}, {w4}, {w4}, {w4}, {w8}, {w8}, "
+                      "{w8}, {w8}], stride: [1, 1, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1, 1], "
+                      "shortcuts: [[0, 2, add], [2, 4, concat], [4, 6, add], [6, 8, concat], [8, 10, add], "
+                      "[10, 12, concat], [12, 14, add], [14, 16, concat]]", 17,
+                      "ResNet-17, widths {w} to 8x{w} (DeeperForward), group goodness, 8 shortcuts"),
 }
+DEEP = ("tinycnn", "cnn14", "resnet17")
 
 
 @dataclass(frozen=True)
@@ -50,14 +79,22 @@ class Size:
 # model's slowest run (FF sequential: 2 epochs + 1 step, start-up, final evaluation) under 60 s: the deep CNN's
 # measured 24 s. Deep CNN at width 16 and batch 100 without pooling: a block holds 16x28x28 floats (50 KB) per
 # sample and row but 2.3 K parameters, so activations, not weights or optimizer state, dominate training memory.
-FULL = {"mlp": Size(2000, 100, None), "cnn": Size(16, 100, 3000), "deepcnn": Size(16, 100, 2000)}
-QUICK = {"mlp": Size(100, 500, 3000), "cnn": Size(4, 200, 1200), "deepcnn": Size(4, 200, 1200)}
+# The deep group-goodness nets run at their `*_cpu.yaml` widths (w = 20) and DeeperForward's batch 128.
+FULL = {"mlp": Size(2000, 100, None), "cnn": Size(16, 100, 3000), "deepcnn": Size(16, 100, 2000),
+        **{m: Size(20, 128, 2560) for m in DEEP}}
+QUICK = {"mlp": Size(100, 500, 3000), "cnn": Size(4, 200, 1200), "deepcnn": Size(4, 200, 1200),
+         **{m: Size(10, 64, 256) for m in DEEP}}
 
 
-def config_text(model: str, size: Size, train: str = TIMED_TRAIN) -> str:
-    """The YAML of one model at one size; `train` is the train section (one line)."""
+def config_text(model: str, size: Size, train: str = TIMED_TRAIN, dataset: str | None = None) -> str:
+    """The YAML of one model at one size; `train` is the train section (one line); `dataset` replaces the
+    embedded slice."""
     subset = f", train_subset: {size.subset}" if size.subset else ""
-    return MODELS[model].body.format(b=size.batch, w=size.width, s=subset) + HEAD + train
+    if dataset:
+        subset += f", name: {dataset}"
+    w = size.width
+    body = MODELS[model].body.format(b=size.batch, w=w, w2=2 * w, w4=4 * w, w8=8 * w, s=subset)
+    return body + MODELS[model].head + train
 
 
 def attempt(cmd: list[str], out: Path, epoch: int, attempts: int = 2) -> tuple[dict, list[str]]:

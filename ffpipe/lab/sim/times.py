@@ -188,6 +188,7 @@ def times_from_run(path: Path, epoch: int | None = None) -> MeasuredTimes:
     config.yaml."""
     from ffpipe.config import load_config
     from ffpipe.data.catalog import get_spec
+    from ffpipe.data.loading import shape_for_config
     from ffpipe.ff.blocks import block_specs
     from ffpipe.ff.partition import block_params
 
@@ -198,7 +199,7 @@ def times_from_run(path: Path, epoch: int | None = None) -> MeasuredTimes:
     record, steps = _last_epoch(metrics, epoch)
     cfg = load_config(config)
     data = get_spec(cfg.data.name)
-    specs = block_specs(cfg.model, data.image_shape)
+    specs = block_specs(cfg.model, shape_for_config(cfg.data))
     if any(not isinstance(b, dict) or not {"index", "compute_s"} <= set(b) for b in record["blocks"]):
         raise FFPipeError(f"{metrics}: every block of the last epoch record needs 'index' and 'compute_s'")
     rows = sorted(record["blocks"], key=lambda b: b["index"])
