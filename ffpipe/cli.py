@@ -269,7 +269,8 @@ def _add_bench_commands(sub) -> None:
                    help="tiny models, 1 repetition, N-stage pipelines only, no time to accuracy: a smoke test")
     p.add_argument("--workers", default="2", help="comma-separated worker counts N >= 2 (default 2)")
     p.add_argument("--repeats", type=int, help="repetitions per configuration (default 3; quick 1)")
-    p.add_argument("--models", default="mlp,cnn,deepcnn", help="comma-separated model names (default all)")
+    p.add_argument("--models", default="mlp,cnn,deepcnn",
+                   help="comma-separated model names; the deep group-goodness nets: tinycnn,cnn14,resnet17")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="also measure time to accuracy (default: on in full mode; --quick --tta: a tiny smoke)")
     p.add_argument("--out", help="results dir (default benchmarks/results/throughput, quick: throughput_quick)")

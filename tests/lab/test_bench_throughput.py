@@ -55,7 +55,7 @@ def _rows(cores: int = 2, workers: tuple[int, ...] = (2,), models=("mlp", "deepc
     """Rows as measure_model builds them: FF 2 stages at 1.9x the sequential rate, DDP at 1.5x BP."""
     rows = []
     for model in models:
-        base = {"mlp": 1000.0, "deepcnn": 100.0}[model]
+        base = {"mlp": 1000.0}.get(model, 100.0)
         specs = [("ff_sequential", 1, 1, 1, base), ("bp", 1, 1, 1, 2 * base)]
         specs += [spec for n in workers for spec in (("ff_pipeline", n, 1, n, 1.9 * base * n / 2),
                                                      ("ddp_bp", 1, 1, n, 3 * base * n / 2))]
@@ -85,7 +85,7 @@ def test_rows_take_medians_and_relate_to_one_worker():
 
 
 def test_summary_fields_and_goals():
-    s = bench.summary(_rows())
+    s = bench.summary(_rows(models=("mlp", "deepcnn", "cnn14", "resnet17")))
     assert set(bench.SUMMARY_FIELDS) <= s.keys()
     assert s["ff_speedup_2w"] == pytest.approx(1.9) and s["bottleneck_fraction_2w"] == pytest.approx(0.96)
     assert s["ff_over_ddp_throughput_2w"] == pytest.approx(1900 / 3000)
@@ -94,8 +94,12 @@ def test_summary_fields_and_goals():
     assert s["sim_max_rel_error"] == pytest.approx(0.08)
     met = {k: g["met"] for k, g in s["goals"].items()}
     assert met == {"ff_speedup_2w": True, "bottleneck_fraction_2w": True, "ff_over_ddp_throughput_2w": False,
-                   "memory_ratio_ff_over_ddp": True, "sim_max_rel_error": True}
-    assert s["goals_met"] == 4
+                   "memory_ratio_ff_over_ddp": True, "sim_max_rel_error": True,
+                   "deep_ff_over_ddp_throughput_2w": False, "cnn14_ff_over_ddp_throughput_2w": False,
+                   "deep_memory_ratio_ff_over_ddp": True, "deep_speedup_2w": True, "deep_bottleneck_fraction_2w": True,
+                   "tta_ff_over_ddp": None}  # no time-to-accuracy run given
+    assert s["deep_ff_over_ddp_throughput_2w"] == pytest.approx(190 / 300)
+    assert s["goals_met"] == 7
 
 
 def test_summary_is_null_where_a_figure_was_not_measured():
@@ -129,9 +133,13 @@ def test_time_to_accuracy_reports_first_epoch_and_not_reached(tmp_path):
     assert [p["cum_train_s"] for p in points] == [2.0, 4.0, 6.0]
     assert reached(points, 0.75) == {"target": 0.75, "reached": True, "epoch": 2, "train_s": 4.0}
     assert reached(points, 0.8) == {"target": 0.8, "reached": False, "epoch": None, "train_s": None}
-    methods = {"ff_pipeline": {"reached": [reached(points, 0.75)]},
-               "ddp_bp": {"reached": [{"target": 0.75, "reached": True, "epoch": 1, "train_s": 1.0}]}}
-    assert tta_summary(methods, 0.75)["ff_over_ddp_time"] == pytest.approx(4.0)
+    bp_curve = [{"epoch": 1, "val": 0.77, "train_s": 3.0, "cum_train_s": 3.0}]
+    methods = {"ff_pipeline": {"reached": [reached(points, 0.75)], "curve": points},
+               "ddp_bp": {"reached": [{"target": 0.75, "reached": True, "epoch": 1, "train_s": 1.0}],
+                          "curve": bp_curve}}
+    summary = tta_summary(methods, 0.75)
+    assert summary["ff_over_ddp_time"] == pytest.approx(4.0) and summary["same_train_s"] == 3.0
+    assert summary["ff_pipeline_val_at_same_train_s"] == 0.6 and summary["ddp_bp_val_at_same_train_s"] == 0.77
     methods["ff_pipeline"]["reached"] = [reached(points, 0.8) | {"target": 0.75}]
     assert tta_summary(methods, 0.75)["ff_over_ddp_time"] is None
 
@@ -220,12 +228,18 @@ def quick(tmp_path_factory) -> tuple[dict, Path]:
     return json.loads((out / "results.json").read_text()), out
 
 
+NOT_IN_QUICK = {"deep_ff_over_ddp_throughput_2w", "cnn14_ff_over_ddp_throughput_2w", "deep_memory_ratio_ff_over_ddp",
+                "deep_speedup_2w", "deep_bottleneck_fraction_2w", "tta_ff_over_ddp"}
+
+
 def test_quick_summary_has_every_field_as_a_number(quick):
     result, _ = quick
     assert result["benchmark"] == "throughput" and result["quick"] is True
     assert {"cpu", "cores", "torch", "device"} <= result["machine"].keys()
     summary = result["summary"]
-    for key in bench.SUMMARY_FIELDS:
+    for key in NOT_IN_QUICK:  # their models (tinycnn, cnn14, resnet17) and the TTA run are not in --quick
+        assert summary[key] is None and summary["goals"][key]["met"] is None, key
+    for key in set(bench.SUMMARY_FIELDS) - NOT_IN_QUICK:
         assert isinstance(summary[key], float) and math.isfinite(summary[key]) and summary[key] >= 0, key
         assert key in ("memory_ratio_ff_over_ddp_rss",) or summary["goals"][key]["met"] in (True, False)
     assert 0 < summary["bottleneck_fraction_2w"] <= 1.5
