@@ -119,6 +119,7 @@ class BPRunner:
         for x, y in epoch_batches(self.dataset.train, self.cfg.data.batch_size, seed=self.cfg.train.seed,
                                   epoch=epoch, device=self.device, start_batch=start % self.steps_per_epoch):
             x, y = x[self.rows], y[self.rows]
+            self.model.set_step(step + 1)
             loss, correct = train_step(self.forward, self.optimizer, x, y, self.autocast)
             sums += torch.stack([loss * len(y), correct.float()])
             local += len(y)

@@ -52,6 +52,12 @@ class BPNet(nn.Module):
         self.shortcuts = ShortcutPlan(tuple(parse_shortcuts(model_cfg.shortcuts, len(specs))))
         self.classifier = None if group_classifier else make_slice(specs[-1].units, num_classes, len(specs), seed)
 
+    def set_step(self, step: int) -> None:
+        """Seed the blocks' dropout masks for this optimizer step, as an FF stage does (`FFBlock`). Under DDP
+        every rank draws the same mask pattern for its own shard (our simplification)."""
+        for block in self.blocks:
+            block.step = step
+
     def forward(self, images: Tensor) -> Tensor:
         """`images`: plain float images [B, C, H, W] in [0, 1]; returns logits [B, classes]."""
         x, saved = self.input_norm(images), {}

@@ -154,11 +154,20 @@ class BlockSpec:
 
 
 class FFBlock(nn.Module):
-    """One FF layer: [BatchNorm] -> linear/conv -> activation -> [max-pool]; returns y, unnormalized."""
+    """One FF layer: [BatchNorm] -> linear/conv -> activation -> [dropout] -> [max-pool]; returns y, unnormalized.
 
-    def __init__(self, spec: BlockSpec):
+    Dropout masks come from a generator seeded by (run seed, block index, `step`), never from the process's
+    global RNG (our choice): the global RNG's stream depends on which blocks share a process, so a pipelined
+    run would draw other masks than the sequential one and lose the bitwise equivalence; and a resumed run
+    draws the masks it would have drawn. The stage sets `step` to the packet's step before each training
+    forward.
+    """
+
+    def __init__(self, spec: BlockSpec, seed: int = 0):
         super().__init__()
         self.spec = spec
+        self.dropout_seed = block_seed(seed, spec.index)
+        self.step = 0
         self.act = get_activation(spec.activation)
         if spec.kind == "linear":
             self.bn = nn.BatchNorm1d(spec.in_features) if spec.batchnorm else None
@@ -182,8 +191,8 @@ class FFBlock(nn.Module):
         if self.spec.preact_norm == "layer":
             z = F.layer_norm(z, z.shape[1:])
         y = self.act(z)
-        if self.spec.dropout:
-            y = F.dropout(y, self.spec.dropout, self.training)
+        if self.spec.dropout and self.training:
+            y = y * dropout_mask(y, self.spec.dropout, self.dropout_seed, self.step)
         if self.spec.pool:
             y = F.max_pool2d(y, self.spec.pool)
         return y
@@ -205,6 +214,13 @@ def _loewe_init(layer: nn.Module) -> None:
         nn.init.zeros_(layer.bias)
 
 
+def dropout_mask(y: Tensor, p: float, seed: int, step: int) -> Tensor:
+    """Inverted-dropout mask (0 or 1/(1-p)) shaped like y, a function of (seed, step) only."""
+    generator = torch.Generator(device=y.device)
+    generator.manual_seed((seed + 1_000_003 * step) % (1 << 63))
+    return torch.empty_like(y).bernoulli_(1.0 - p, generator=generator).div_(1.0 - p)
+
+
 def block_seed(seed: int, index: int) -> int:
     """A 63-bit generator seed that depends on (seed, index) only, decorrelated across neighbouring values."""
     digest = hashlib.sha256(f"ffpipe.block:{seed}:{index}".encode()).digest()
@@ -219,7 +235,7 @@ def build_block(spec: BlockSpec, seed: int) -> FFBlock:
     """
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(block_seed(seed, spec.index))
-        return FFBlock(spec)
+        return FFBlock(spec, seed)
 
 
 def build_blocks(specs: list[BlockSpec], seed: int) -> list[FFBlock]:

@@ -167,6 +167,7 @@ class Stage:
         for j, index in enumerate(self.indices):
             t0 = clock() if clock else 0.0
             inp = x if self.backprop_chunk and j > 0 else x.detach()
+            self.blocks[j].step = packet.step  # seeds its dropout masks (`ffpipe.ff.blocks.FFBlock`)
             with self._autocast():
                 y = self._block_forward(j, inp, packet)
             pos = y[packet.rows("pos", self.negatives)]

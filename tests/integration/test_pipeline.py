@@ -112,7 +112,7 @@ RESIDUAL = """\
 data: {batch_size: 50, labels: {encoding: none}}
 model: {type: conv, depth: 6, width: [10, 10, 10, 20, 20, 20], kernel: 3, stride: [1, 1, 1, 2, 1, 1],
         shortcuts: [[0, 2, add], [2, 4, concat], [3, 5, add]], norm: group, input_norm: layer, bias: false,
-        init: kaiming}
+        init: kaiming, dropout: 0.2}
 loss: {family: group_ce, group_goodness: mean}
 optim: {name: adamw, lr: 0.003, weight_decay: 0.0005}
 head: {mode: none, readouts: [group]}
@@ -130,7 +130,8 @@ def residual(tmp_path_factory):
 
 @pytest.mark.parametrize("stages, partition", [(2, "[3,3]"), (3, "[2,2,2]"), (4, "[2,2,1,1]")])
 def test_residual_pipeline_equals_sequential_bitwise(residual, tmp_path, stages, partition):
-    """Shortcut tensors cross every one of these boundaries (block 0 -> 2, 2 -> 4, 3 -> 5) in the packet."""
+    """Shortcut tensors cross every one of these boundaries (block 0 -> 2, 2 -> 4, 3 -> 5) in the packet, and
+    dropout (DeeperForward's 0.2) draws the same masks whatever the partition."""
     cfg, seq = residual
     run = train(cfg, tmp_path / "pipe", "--stages", str(stages), "--set", f"pipeline.partition={partition}",
                 "--max-steps", "12")

@@ -7,7 +7,7 @@ import torch
 
 from ffpipe.config import ModelConfig
 from ffpipe.errors import FFPipeError
-from ffpipe.ff.blocks import BlockSpec, FFBlock, block_specs, build_block, build_blocks, relu_fullgrad
+from ffpipe.ff.blocks import BlockSpec, FFBlock, block_specs, build_block, build_blocks, dropout_mask, relu_fullgrad
 
 
 def test_relu_fullgrad_is_relu_forward_and_identity_backward():
@@ -134,3 +134,15 @@ def test_block_is_an_nn_module_holding_its_spec():
     block = build_block(_mlp_specs(1)[0], seed=0)
     assert isinstance(block, FFBlock) and block.spec.index == 0
     assert sum(p.numel() for p in block.parameters()) == 36 * 50 + 50
+
+
+def test_dropout_masks_depend_on_seed_and_step_only():
+    """Not on the global RNG: a pipelined stage and the sequential run draw the same masks."""
+    y = torch.ones(4, 10, 8, 8)
+    torch.manual_seed(1)
+    a = dropout_mask(y, 0.2, seed=7, step=3)
+    torch.manual_seed(2)
+    assert torch.equal(a, dropout_mask(y, 0.2, seed=7, step=3))
+    assert not torch.equal(a, dropout_mask(y, 0.2, seed=7, step=4))
+    assert set(a.unique().tolist()) == {0.0, 1.25}
+    assert abs((a == 0).float().mean().item() - 0.2) < 0.03
