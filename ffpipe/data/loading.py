@@ -113,22 +113,20 @@ def resize_split(split: Split, size: int) -> Split:
 
 
 def load_for_config(data) -> Dataset:
-    """The dataset a run's `data` config section asks for: `load_dataset`, resized if `data.resize` is set,
-    then, if `train_subset` is set, the first `train_subset` training images of a permutation seeded by
-    `split_seed` (our choice, for experiments that sweep many models on a CPU; val and test are never cut).
-    Class balance is left to the draw."""
+    """The dataset a run's `data` config section asks for: `load_dataset`; then, if `train_subset` is set, the
+    first `train_subset` training images of a permutation seeded by `split_seed` (our choice, for experiments
+    that sweep many models on a CPU; val and test are never cut; class balance is left to the draw); then,
+    if `data.resize` is set, every split resized (after the cut, so only the images kept are resized)."""
     dataset = load_dataset(data.name, data.dir, data.split_seed, val_split=data.val_split)
-    if data.resize is not None:
-        train, val, test = (resize_split(s, data.resize) for s in (dataset.train, dataset.val, dataset.test))
-        dataset = Dataset(dataset.name, train, val, test, dataset.num_classes, dataset.class_names, dataset.source)
+    train, val, test = dataset.train, dataset.val, dataset.test
     n = data.train_subset
-    if n is None:
-        return dataset
-    if n > len(dataset.train.labels):
-        raise FFPipeError(f"data.train_subset={n} is more than the {len(dataset.train.labels)} training images "
-                          f"of {data.name}")
-    keep = torch.randperm(len(dataset.train.labels), generator=torch.Generator().manual_seed(data.split_seed))[:n]
-    keep = keep.sort().values
-    train = Split(dataset.train.images[keep], dataset.train.labels[keep])
-    return Dataset(dataset.name, train, dataset.val, dataset.test, dataset.num_classes, dataset.class_names,
-                   dataset.source)
+    if n is not None:
+        if n > len(train.labels):
+            raise FFPipeError(f"data.train_subset={n} is more than the {len(train.labels)} training images "
+                              f"of {data.name}")
+        keep = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(data.split_seed))[:n]
+        keep = keep.sort().values
+        train = Split(train.images[keep], train.labels[keep])
+    if data.resize is not None:
+        train, val, test = (resize_split(s, data.resize) for s in (train, val, test))
+    return Dataset(dataset.name, train, val, test, dataset.num_classes, dataset.class_names, dataset.source)

@@ -160,7 +160,9 @@ class FFBlock(nn.Module):
     global RNG (our choice): the global RNG's stream depends on which blocks share a process, so a pipelined
     run would draw other masks than the sequential one and lose the bitwise equivalence; and a resumed run
     draws the masks it would have drawn. The stage sets `step` to the packet's step before each training
-    forward.
+    forward. A mask is a function of (seed, step) and the tensor's size only, so the neutral rows' separate
+    no-grad pass (`Stage._block_forward`) draws the leading rows of the trained pass's mask: a neutral row
+    shares its positive's mask.
     """
 
     def __init__(self, spec: BlockSpec, seed: int = 0):

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_run import run_quick_benchmark
 
 from ffpipe.cli import main
 from ffpipe.config import load_config
 from ffpipe.lab.bench import scaling
 from ffpipe.lab.bench import scaling_report as report
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_full_plan_runs_each_model_once_at_every_stage_count_that_fits():
@@ -145,11 +141,7 @@ def test_bad_arguments_are_one_usage_error(capsys):
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("scaling")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--quick", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((out / "results.json").read_text()), out
+    return run_quick_benchmark("scaling.py", out, timeout=400), out
 
 
 def test_quick_results_have_every_point_prediction_and_summary_field(quick):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from benchmark_run import run_quick_benchmark
 
 from ffpipe.cli import main
 from ffpipe.errors import FFPipeError
@@ -28,7 +28,6 @@ from ffpipe.lab.sim import times_from_dict
 from ffpipe.lab.sim.times import times_from_run
 from ffpipe.run.measure import MemoryMeter
 
-ROOT = Path(__file__).resolve().parents[2]
 MiB = 2**20
 
 
@@ -221,11 +220,7 @@ def _result(rows: list[dict]) -> dict:
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("throughput")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--quick", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((out / "results.json").read_text()), out
+    return run_quick_benchmark("throughput.py", out, timeout=600), out
 
 
 NOT_IN_QUICK = {"deep_ff_over_ddp_throughput_2w", "cnn14_ff_over_ddp_throughput_2w", "deep_memory_ratio_ff_over_ddp",

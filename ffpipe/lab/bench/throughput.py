@@ -246,12 +246,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def summary(rows: list[dict], tta: dict | None = None) -> dict:
     """The headline figures at 2 workers and whether each meets its goal (`met` is None where a figure could
     not be measured: its model was not run, or 2 is not among the worker counts)."""
-    pipe = find_row(rows, "mlp", "ff_pipeline", 2, stages=2) or {}
-    deep_ff = find_row(rows, "deepcnn", "ff_pipeline", 2, stages=2) or {}
-    deep_ddp = find_row(rows, "deepcnn", "ddp_bp", 2) or {}
+    pipe, ddp = _two_workers(rows, "mlp")
+    deep_ff, deep_ddp = _two_workers(rows, "deepcnn")
     predicted = [r for r in rows if r.get("sim_rel_error") is not None]
     worst = max(predicted, key=lambda r: r["sim_rel_error"], default=None)
-    ddp = find_row(rows, "mlp", "ddp_bp", 2) or {}
     res_ff, res_ddp = _two_workers(rows, "resnet17")
     c14_ff, c14_ddp = _two_workers(rows, "cnn14")
     values = {"ff_speedup_2w": pipe.get("speedup_vs_1_worker"),
