@@ -71,8 +71,7 @@ def run_worker(cfg: Config, out: str | None, resume: bool) -> int:
         line = str(exc) if isinstance(exc, FFPipeError) else f"{type(exc).__name__}: {exc}"
         if not caused_elsewhere:
             control.raise_error(f"stage {topology.rank}: {line}")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / ERROR_FILE).write_text(f"stage {topology.rank}: {line}\n")
+            publish_error(run_dir / ERROR_FILE, f"stage {topology.rank}: {line}")
             if not quiet:
                 print(f"ffpipe: error: stage {topology.rank}: {line}", file=sys.stderr)
         # A failed run exits at once: the wire's threads may still be blocked in gloo waits on dead peers, and
@@ -81,6 +80,32 @@ def run_worker(cfg: Config, out: str | None, resume: bool) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(2 if isinstance(exc, FFPipeError) else 1)
+
+
+def publish_error(path: Path, line: str) -> None:
+    """Write the run's one error line; the first stage to fail wins and later writers change nothing.
+
+    Several surviving stages may fail at once (each sees its dead peer). The line is written whole to a private
+    file and hard-linked into place: `link` is atomic and fails if the name exists, so the file is only ever one
+    writer's complete line, never two writers' bytes interleaved."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    own = path.with_name(f"{path.name}.{os.getpid()}")
+    own.write_bytes(f"{line}\n".encode("utf-8", errors="replace"))
+    try:
+        os.link(own, path)
+    except FileExistsError:
+        pass
+    finally:
+        own.unlink(missing_ok=True)
+
+
+def read_error(path: Path) -> str:
+    """The published error line, or "" if none; undecodable bytes become U+FFFD rather than a traceback."""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 def _build(cfg: Config, topology: Topology, control: Control, run_dir: Path, average_grads) -> StageWorker:
@@ -123,7 +148,7 @@ def spawn(argv: list[str], cfg: Config, out: str) -> int:
     try:
         run(args)
     except ChildFailedError as exc:
-        first = error_file.read_text().strip() if error_file.is_file() else ""
+        first = read_error(error_file)
         if not first:
             failures = ", ".join(f"stage {r} exit code {f.exitcode}" for r, f in sorted(exc.failures.items()))
             first = f"a stage process died ({failures})"
