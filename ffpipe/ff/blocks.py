@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import get_args
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -217,10 +218,25 @@ def _loewe_init(layer: nn.Module) -> None:
 
 
 def dropout_mask(y: Tensor, p: float, seed: int, step: int) -> Tensor:
-    """Inverted-dropout mask (0 or 1/(1-p)) shaped like y, a function of (seed, step) only."""
-    generator = torch.Generator(device=y.device)
-    generator.manual_seed((seed + 1_000_003 * step) % (1 << 63))
-    return torch.empty_like(y).bernoulli_(1.0 - p, generator=generator).div_(1.0 - p)
+    """Inverted-dropout mask (0 or 1/keep) shaped like y, a function of (seed, step) and y's size only.
+
+    On the CPU (our choice, for speed): one 16-bit uniform per element, cut from a numpy SFC64 stream seeded by
+    (seed, step); an element is dropped when its draw falls below round(p·2^16), so p is realized to within
+    2^-17 and the scale 1/keep uses the realized keep probability (the mask's mean is exactly 1 in expectation).
+    torch's `bernoulli_` draws one mt19937 double per element: measured at 1 thread for a 128x20x28x28 mask,
+    22.6 ms against 3.4 ms for this, about as long as the block's convolution. The stream is sequential, so a
+    mask's leading elements do not depend on its size (the neutral rows' pass relies on this, see `FFBlock`).
+    On an accelerator, `bernoulli_` from a generator on that device, seeded the same way: fast there, and
+    never a host-to-device copy in the step.
+    """
+    if y.device.type != "cpu":
+        generator = torch.Generator(device=y.device)
+        generator.manual_seed((seed + 1_000_003 * step) % (1 << 63))
+        return torch.empty_like(y).bernoulli_(1.0 - p, generator=generator).div_(1.0 - p)
+    n, drop_below = y.numel(), round(p * 65536)
+    raw = np.random.SFC64(np.random.SeedSequence([seed, step])).random_raw((n + 3) // 4)
+    keep = torch.from_numpy(raw.view(np.int16)[:n] >= drop_below - 32768)
+    return keep.view(torch.uint8).to(y.dtype).mul_(65536 / (65536 - drop_below)).view(y.shape)
 
 
 def block_seed(seed: int, index: int) -> int:

@@ -142,7 +142,8 @@ class Objective(nn.Module):
     def goodness(self, y: Tensor, inference: bool = False) -> Tensor:
         """[N] per-sample goodness: sum or mean of w · y^2 over a sample's units."""
         sq = self.weighted(y.float().square(), inference)
-        return sq.sum(dim=_sum_dims(sq)) if self.reduction == "sum" else sq.mean(dim=_sum_dims(sq))
+        total = sq.sum(dim=_sum_dims(sq))
+        return total if self.reduction == "sum" else total / (sq.numel() // max(len(sq), 1))
 
     def contrast(self, g_pos: Tensor, g_neg: Tensor) -> Tensor:
         """The family's loss on per-sample goodnesses of the positive and negative streams."""
@@ -252,7 +253,10 @@ class GroupCEObjective(Objective):
         blocks. `inference` drops w when cfg.significance_at_inference is False; the loss uses w always."""
         v = y.float()
         v = self.weighted(v.square() if self.group_goodness == "mean_sq" else v, inference)
-        return v.reshape(v.shape[0], self.num_classes, -1).mean(dim=-1)
+        grouped = v.reshape(v.shape[0], self.num_classes, -1)
+        # sum, then divide the [N, classes] scores: `mean`'s backward writes a full-size gradient (one more
+        # pass over the activity); `sum`'s is a broadcast view that the next backward op reads in place
+        return grouped.sum(dim=-1) / grouped.shape[-1]
 
     def loss(
         self, y_pos: Tensor, y_neg: Tensor | None, labels: Tensor | None = None

@@ -144,5 +144,23 @@ def test_dropout_masks_depend_on_seed_and_step_only():
     torch.manual_seed(2)
     assert torch.equal(a, dropout_mask(y, 0.2, seed=7, step=3))
     assert not torch.equal(a, dropout_mask(y, 0.2, seed=7, step=4))
-    assert set(a.unique().tolist()) == {0.0, 1.25}
+    assert a.unique().tolist() == [0.0, torch.tensor(65536 / (65536 - 13107)).item()]  # 1 / realized keep
     assert abs((a == 0).float().mean().item() - 0.2) < 0.03
+
+
+def test_dropout_mask_drops_p_and_keeps_the_mean():
+    """The realized drop fraction is p (binomial margin, 5 sigma) and the scale undoes the drop exactly."""
+    y = torch.ones(64, 16, 16, 16)
+    for p, seed in ((0.2, 1), (0.5, 2), (0.05, 3)):
+        a = dropout_mask(y, p, seed=seed, step=11)
+        dropped = (a == 0).double().mean().item()
+        assert abs(dropped - p) < 5 * (p * (1 - p) / y.numel()) ** 0.5
+        assert a.dtype == y.dtype and a.shape == y.shape
+        assert a.max().item() == torch.tensor(65536 / (65536 - round(p * 65536))).item()
+
+
+def test_dropout_mask_leading_rows_do_not_depend_on_the_batch():
+    """The neutral rows' separate pass draws the leading rows of the trained pass's mask (`FFBlock`)."""
+    big = dropout_mask(torch.ones(12, 3, 5, 5), 0.3, seed=4, step=9)
+    small = dropout_mask(torch.ones(5, 3, 5, 5), 0.3, seed=4, step=9)
+    assert torch.equal(big[:5], small)
