@@ -47,7 +47,7 @@ Readout = Literal["linear", "goodness", "group"]
 ChunkMode = Literal["local", "backprop"]
 Device = Literal["cpu", "cuda", "auto"]
 Precision = Literal["fp32", "bf16"]
-PartitionRule = Literal["flops", "measured", "equal"]
+PartitionRule = Literal["cost", "flops", "measured", "equal"]
 
 
 @dataclass
@@ -243,8 +243,9 @@ class PipelineConfig:
 
     stages: Positive = 1
     """Pipeline stages (one process each)."""
-    partition: PartitionRule | list[Positive] = "flops"
-    """Blocks per stage: flops (min-max of the cost model), measured, equal, or a list of counts."""
+    partition: PartitionRule | list[Positive] = "cost"
+    """Blocks per stage: cost (min-max of FLOPs + elementwise work), flops (FLOPs alone), measured (block
+    times on the device), equal, or a list of counts."""
     queue_depth: Positive = 2
     """Messages a channel may have in flight (and a receiver may hold ahead)."""
     replicas: Positive = 1

@@ -42,7 +42,7 @@ def test_config_text_is_a_valid_config_with_the_benchmark_settings(tmp_path, key
     cfg = load_config(str(path), [])
     assert (cfg.model.depth, cfg.model.width, cfg.data.batch_size, cfg.data.train_subset) == (
         model["depth"], model["width"], 100, 2000)
-    assert cfg.head.mode == "local" and cfg.head.readouts == ["linear"] and cfg.pipeline.partition == "flops"
+    assert cfg.head.mode == "local" and cfg.head.readouts == ["linear"] and cfg.pipeline.partition == "cost"
     assert cfg.train.progress is False and cfg.train.eval_every >= 1000
     assert cfg.model.type == ("linear" if key.startswith("mlp") else "conv")
 

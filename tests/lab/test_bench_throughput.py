@@ -96,8 +96,10 @@ def test_summary_fields_and_goals():
                    "memory_ratio_ff_over_ddp": True, "sim_max_rel_error": True,
                    "deep_ff_over_ddp_throughput_2w": False, "cnn14_ff_over_ddp_throughput_2w": False,
                    "deep_memory_ratio_ff_over_ddp": True, "deep_speedup_2w": True, "deep_bottleneck_fraction_2w": True,
-                   "tta_ff_over_ddp": None}  # no time-to-accuracy run given
+                   "tta_ff_over_ddp": None,  # no time-to-accuracy run given
+                   "cnn14_ff_step_over_bp_step": False, "deep_ff_step_over_bp_step": False}  # BP at 2x FF's rate
     assert s["deep_ff_over_ddp_throughput_2w"] == pytest.approx(190 / 300)
+    assert s["deep_ff_step_over_bp_step"] == pytest.approx(2.0)  # FF-sequential 100/s, BP 200/s
     assert s["goals_met"] == 7
 
 
@@ -224,7 +226,8 @@ def quick(tmp_path_factory) -> tuple[dict, Path]:
 
 
 NOT_IN_QUICK = {"deep_ff_over_ddp_throughput_2w", "cnn14_ff_over_ddp_throughput_2w", "deep_memory_ratio_ff_over_ddp",
-                "deep_speedup_2w", "deep_bottleneck_fraction_2w", "tta_ff_over_ddp"}
+                "deep_speedup_2w", "deep_bottleneck_fraction_2w", "tta_ff_over_ddp", "cnn14_ff_step_over_bp_step",
+                "deep_ff_step_over_bp_step"}
 
 
 def test_quick_summary_has_every_field_as_a_number(quick):

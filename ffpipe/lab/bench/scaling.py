@@ -6,7 +6,7 @@ sweep (conv depth {2, 4, 8} x {1, 2, 4} stages, 16 channels, 3x3, stride 1, no p
 seed 000); and a weak-scaling series, depth = stages in {1, 2, 4, 8} at width 784, our choice: 784 is the input
 size, so every block is the same 784x784 layer and one block per stage is the same work on every stage (at
 width 2000 the first block, 784->2000, costs about 0.4 of the others). Every point is a real `ffpipe train`
-run (`ffpipe.lab.bench.runner`, one torch thread per process, `pipeline.partition: flops`, `head.mode: local`);
+run (`ffpipe.lab.bench.runner`, one torch thread per process, `pipeline.partition: cost`, `head.mode: local`);
 its throughput is the samples/s of epoch 2 (epoch 1 is warm-up; the run stops one step into epoch 3, so the
 final evaluation falls outside the timed epoch). Speedup and utilisation (speedup / stages) are against the
 same model's 1-stage run. A run with more processes than the machine has cores is oversubscribed: its
@@ -250,7 +250,7 @@ def run_benchmark(quick: bool, repeats: int, train_subset: int | None, command: 
             extrapolation += [extra] if extra else []
     return {"benchmark": "scaling", "quick": quick, "command": command, "machine": runner.machine(), "plan": plan,
             "batch": plan["batch"], "train_subset": train_subset, "steps_per_epoch": per_epoch, "steps": steps,
-            "timed_epoch": 2, "repeats": repeats, "partition": "flops", "wall_s": time.perf_counter() - t0,
+            "timed_epoch": 2, "repeats": repeats, "partition": "cost", "wall_s": time.perf_counter() - t0,
             "load_average": {"start": load_start, "end": [round(v, 2) for v in os.getloadavg()]},
             "summary": summary(points, cores), "points": points, "extrapolation": extrapolation}
 
