@@ -48,6 +48,7 @@ ChunkMode = Literal["local", "backprop"]
 Device = Literal["cpu", "cuda", "auto"]
 Precision = Literal["fp32", "bf16"]
 PartitionRule = Literal["cost", "flops", "measured", "equal"]
+WireDtype = Literal["float32", "bfloat16"]
 
 
 @dataclass
@@ -250,6 +251,8 @@ class PipelineConfig:
     """Messages a channel may have in flight (and a receiver may hold ahead)."""
     replicas: Positive = 1
     """Data-parallel replicas of the whole pipeline."""
+    wire_dtype: WireDtype = "float32"
+    """x and shortcuts at stage boundaries: float32 or bfloat16 (ours: half the bytes; the partition then matters)."""
 
 
 @dataclass

@@ -16,6 +16,9 @@ call so the weight gradient skips them. The row layout is fixed by the packet's 
 label (overlay view) or group goodness (group_ce); `exits` one early-exit prediction row per stage already
 passed; `extras` the shortcut tensors in flight (`ffpipe.ff.shortcuts`), rows laid out like `x`.
 
+At a stage boundary `x` and `extras` may be rounded to `pipeline.wire_dtype` (`Packet.to_wire`); the
+accumulators and labels never are.
+
 The packet source: Stage 0's job: turn minibatches of images into packets of positive, negative and neutral streams.
 
 With `data.labels.negatives_per_image` = k, every image appears under k distinct wrong labels, one negative
@@ -31,15 +34,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import get_args
 
 import torch
 
 from ffpipe.config import Config
+from ffpipe.config.sections import WireDtype
 from ffpipe.data import Dataset, Split, epoch_batches, num_batches
 from ffpipe.ff.labels import make_encoder, sample_distinct_negatives
 from ffpipe.ff.norm import network_input
 
 VIEWS = ("train", "plain", "overlay")
+WIRE_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in get_args(WireDtype)}
+
+
+def narrows(wire_dtype: str) -> bool:
+    """Whether a boundary of this `pipeline.wire_dtype` rounds (and the receiver widens back to float32)."""
+    return WIRE_DTYPES[wire_dtype] != torch.float32
 
 
 def negative_streams(cfg) -> int:
@@ -90,6 +101,33 @@ class Packet:
     def add_exit(self, prediction: torch.Tensor) -> torch.Tensor:
         row = prediction.unsqueeze(0)
         return row if self.exits is None else torch.cat([self.exits, row])
+
+    # -- a stage boundary ----------------------------------------------------------------------------------
+    def to_wire(self, wire_dtype: str) -> Packet:
+        """The packet as it leaves a stage: the activity (`x`, the shortcut tensors in flight) rounded to
+        `pipeline.wire_dtype`, kept in that dtype. This is the ONE place where the rounding happens.
+
+        Why: bfloat16 halves the bytes a boundary moves. The sequential runner rounds at the same boundaries
+        (`at_boundary`), so a pipelined and a sequential run of the same partition still end with bitwise the
+        same weights, the pipeline's proof. The rounding points are the stage boundaries, so with bfloat16 the
+        result depends on the partition. This is our choice, not a paper's. The accumulators (logits, scores,
+        exits) and the labels are never rounded. float32: the packet itself, no copy."""
+        if not narrows(wire_dtype):
+            return self
+        dtype = WIRE_DTYPES[wire_dtype]
+        return self.evolve(x=self.x.to(dtype), extras={src: t.to(dtype) for src, t in self.extras.items()})
+
+    def from_wire(self, wire_dtype: str) -> Packet:
+        """The packet the receiving stage computes on: after a narrowing wire, `x` and the shortcut tensors
+        back in float32 (exact, fresh tensors); float32: the packet itself."""
+        if not narrows(wire_dtype):
+            return self
+        return self.evolve(x=self.x.float(), extras={src: t.float() for src, t in self.extras.items()})
+
+    def at_boundary(self, wire_dtype: str) -> Packet:
+        """What crossing a stage boundary does to the packet, without a wire: the sequential runner's twin
+        of send + receive (`to_wire`, then `from_wire`)."""
+        return self.to_wire(wire_dtype).from_wire(wire_dtype)
 
 
 def derived_seed(*parts: int) -> int:

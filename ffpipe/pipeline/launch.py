@@ -22,7 +22,7 @@ import torch.distributed as dist
 from ffpipe.config import Config
 from ffpipe.errors import FFPipeError
 from ffpipe.ff.head import readout_blocks
-from ffpipe.ff.packet import negative_streams
+from ffpipe.ff.packet import WIRE_DTYPES, negative_streams
 from ffpipe.ff.partition import partition_table
 from ffpipe.ff.shortcuts import ShortcutPlan, parse_shortcuts
 from ffpipe.pipeline import topology as topology_mod
@@ -124,7 +124,9 @@ def _build(cfg: Config, topology: Topology, control: Control, run_dir: Path, ave
                   head=HeadChannel(cfg, topology, owns_head, **wire))
     if topology.leader:
         plan = ShortcutPlan(tuple(parse_shortcuts(cfg.model.shortcuts, model.num_blocks)))
-        print(partition_table(model.specs, model.bounds, negative_streams(cfg), model.seconds, plan), flush=True)
+        element_bytes = WIRE_DTYPES[cfg.pipeline.wire_dtype].itemsize
+        print(partition_table(model.specs, model.bounds, negative_streams(cfg), model.seconds, plan, element_bytes),
+              flush=True)
     return StageWorker(cfg, model, topology, control, links, run_dir, average_grads)
 
 

@@ -26,7 +26,7 @@ import torch
 
 from ffpipe.config import Config
 from ffpipe.ff.head import Tally, readout_blocks
-from ffpipe.ff.packet import VIEWS, Packet
+from ffpipe.ff.packet import VIEWS, Packet, narrows
 from ffpipe.pipeline.control import Control
 from ffpipe.pipeline.head_channel import HeadChannel
 from ffpipe.pipeline.topology import Topology
@@ -39,26 +39,31 @@ from ffpipe.run.records import BlockMeter
 SPLITS = ("val", "test")
 
 
-def pack(p: Packet, split: str = "val") -> list[torch.Tensor]:
+def pack(p: Packet, split: str = "val", wire_dtype: str = "float32") -> list[torch.Tensor]:
     """A packet as wire tensors: x, y, meta (view, split, the source blocks of the shortcut tensors in
     flight), the accumulators (absent ones as empty tensors: the wire sends no bytes), then the shortcut
-    tensors. Every tensor is fresh or a clone (`unpack`), and nothing modifies a packet's tensors after they
+    tensors; x and the shortcut tensors in `pipeline.wire_dtype` (`Packet.to_wire`: bfloat16 sends half the
+    bytes). Every tensor is fresh or a clone (`unpack`), and nothing modifies a packet's tensors after they
     are sent, so the worker hands them to the wire without a staging copy (`Sender.send(copy=False)`)."""
+    p = p.to_wire(wire_dtype)
     empty = torch.empty(0, device=p.x.device)
     meta = torch.tensor([VIEWS.index(p.view), SPLITS.index(split), *p.extras], dtype=torch.long, device=p.x.device)
     accumulators = [t if t is not None else empty for t in (p.logits, p.scores, p.exits)]
     return [p.x, p.y, meta, *accumulators, *p.extras.values()]
 
 
-def unpack(msg: Message) -> tuple[Packet, str]:
+def unpack(msg: Message, wire_dtype: str = "float32") -> tuple[Packet, str]:
     """Receive buffers are reused by the wire, so everything that outlives this step is cloned: all but x,
-    which the stage consumes before the next receive."""
+    which the stage consumes before the next receive. After a narrowing wire, `Packet.from_wire` widens x and
+    the shortcut tensors into fresh float32 tensors, which is their copy."""
     x, y, meta, logits, scores, exits, *extras = msg.tensors
     meta = meta.tolist()
     view, split = VIEWS[meta[0]], SPLITS[meta[1]]
     keep = [t.clone() if t.numel() else None for t in (y, logits, scores, exits)]
-    shortcuts = {src: t.clone() for src, t in zip(meta[2:], extras)}
-    return Packet(view, x, keep[0], msg.step, msg.epoch, keep[1], keep[2], keep[3], shortcuts), split
+    widened = narrows(wire_dtype)
+    shortcuts = {src: t if widened else t.clone() for src, t in zip(meta[2:], extras)}
+    packet = Packet(view, x, keep[0], msg.step, msg.epoch, keep[1], keep[2], keep[3], shortcuts)
+    return packet.from_wire(wire_dtype), split
 
 
 @dataclass
@@ -94,6 +99,7 @@ class StageWorker:
         self.cfg, self.model, self.topology, self.control, self.links = cfg, model, topology, control, links
         self.stage = model.stage(topology.stage, average_grads)
         self.index = topology.stage
+        self.wire_dtype = cfg.pipeline.wire_dtype
         self.reports = topology.replica == 0  # replicas hold equal weights: replica 0 evaluates, reports, saves
         self.run_dir = run_dir
         self.clock = device_clock(model.device)
@@ -123,7 +129,8 @@ class StageWorker:
         t1 = self.clock()
         out = computed.out
         if self.links.next is not None:
-            self.links.next.send(Kind.TRAIN, packet.step, packet.epoch, pack(out), copy=False)
+            self.links.next.send(Kind.TRAIN, packet.step, packet.epoch,
+                                 pack(out, wire_dtype=self.wire_dtype), copy=False)
         t2 = self.clock()
         self.stage.apply(computed, self.clock)
         head = self.links.head
@@ -151,7 +158,7 @@ class StageWorker:
     def eval_step(self, packet: Packet, split: str) -> None:
         out = self.stage.evaluate(packet)
         if self.links.next is not None:
-            self.links.next.send(Kind.EVAL, 0, packet.epoch, pack(out, split), copy=False)
+            self.links.next.send(Kind.EVAL, 0, packet.epoch, pack(out, split, self.wire_dtype), copy=False)
         else:
             self.tally[split].add(out)
 
@@ -167,9 +174,9 @@ class StageWorker:
                 if msg.epoch != self.epoch_seen:
                     self.epoch_seen = msg.epoch
                     self.stage.set_epoch(msg.epoch, self.cfg.train.epochs)
-                self.train_step(unpack(msg)[0])
+                self.train_step(unpack(msg, self.wire_dtype)[0])
             elif msg.kind == Kind.EVAL:
-                self.eval_step(*unpack(msg))
+                self.eval_step(*unpack(msg, self.wire_dtype))
             elif msg.kind == Kind.EPOCH_END:
                 self.send_control(Kind.EPOCH_END, msg.step, msg.epoch)
                 self.end_epoch(msg.step, msg.epoch, True)

@@ -2,8 +2,10 @@
 
 It is the reference the pipeline is proven against, and the way to debug a partition: the stages are the
 very `Stage` objects a pipeline would run, called in order on each packet; the `joint` head error is applied
-right after the last stage, so here the head is exactly the papers' classifier. Also home of `evaluate`,
-the one sequential pass over a split that `ffpipe eval` and the lab's probes use too.
+right after the last stage, so here the head is exactly the papers' classifier. Between two stages the
+packet crosses a boundary as it would cross the wire (`Packet.at_boundary`: rounded to `pipeline.wire_dtype`),
+training and evaluation packets alike, as the pipeline sends both. Also home of `evaluate`, the one
+sequential pass over a split that `ffpipe eval` and the lab's probes use too.
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ from ffpipe.run.records import BlockMeter
 
 
 def evaluate(cfg: Config, stages: list[Stage], source: PacketSource, split: Split) -> Tally:
-    """Every readout of `cfg` on `split`, the stages run one after another on each batch."""
+    """Every readout of `cfg` on `split`, the stages run one after another on each batch, the packet crossing
+    each boundary between them as the pipeline's evaluation packets cross the wire."""
     tally = Tally(list(cfg.head.readouts), readout_blocks(cfg, stages[-1].last))
+    wire = cfg.pipeline.wire_dtype
     for view in views_for(cfg):
         t0 = time.perf_counter()
         for packet in source.eval_packets(split, view):
-            for stage in stages:
-                packet = stage.evaluate(packet)
+            for k, stage in enumerate(stages):
+                packet = stage.evaluate(packet.at_boundary(wire) if k else packet)
             tally.add(packet)
         tally.add_time(view, time.perf_counter() - t0)
     return tally
@@ -90,9 +94,9 @@ class SequentialRunner:
     def train_step(self, packet: Packet, meters: list[BlockMeter]) -> tuple[torch.Tensor, Packet]:
         """One step through all stages, then the joint head's error. Returns the mean block loss (a tensor:
         no host sync) and the last stage's packet."""
-        step, losses = packet.step, []
-        for stage, meter in zip(self.stages, meters):
-            computed = stage.step(packet, self.clock)
+        step, losses, wire = packet.step, [], self.cfg.pipeline.wire_dtype
+        for k, (stage, meter) in enumerate(zip(self.stages, meters)):
+            computed = stage.step(packet.at_boundary(wire) if k else packet, self.clock)
             meter.add(computed.blocks, packet.n)
             losses += [block.stats[0] for block in computed.blocks]
             packet = computed.out

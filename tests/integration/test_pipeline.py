@@ -144,3 +144,37 @@ def test_residual_resume_with_another_partition(residual, tmp_path):
     train(cfg, run, "--stages", "3", "--set", "pipeline.partition=[2,2,2]", "--max-steps", "6")
     train(cfg, run, "--stages", "2", "--set", "pipeline.partition=[3,3]", "--max-steps", "12", "--resume")
     assert diff_checkpoints(seq, run)["identical"]
+
+
+BFLOAT16_WIRE = ("--set", "pipeline.wire_dtype=bfloat16")
+
+
+def validation(run):
+    """The first record's validation readouts, without their timings."""
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    return {k: v for k, v in record["val"].items() if k != "infer_ms_per_image"}
+
+
+def test_bfloat16_wire_pipeline_equals_sequential_bitwise(sequential, tmp_path):
+    """`pipeline.wire_dtype: bfloat16` rounds x at the boundary; the sequential runner of the same partition
+    rounds at the same place, training and evaluation packets alike, so weights and readouts stay bitwise
+    equal, and differ from the float32 run's."""
+    cfg, float32 = sequential["local"]
+    args = ("--stages", "2", "--set", "pipeline.partition=[2,2]", *BFLOAT16_WIRE, "--max-steps", "40")
+    seq = train(cfg, tmp_path / "seq", *args, "--sequential")
+    run = train(cfg, tmp_path / "pipe", *args)
+    assert diff_checkpoints(seq, run)["identical"]
+    assert validation(seq) == validation(run)
+    assert not diff_checkpoints(float32, run)["identical"]
+
+
+def test_residual_bfloat16_wire_pipeline_equals_sequential_bitwise(tmp_path):
+    """The shortcut tensors in flight are rounded too (blocks 0 -> 2 and 2 -> 4 cross [2,2,2]'s boundaries), and
+    travel as separate bfloat16 tensors: at batch 50 they are too large for the envelope."""
+    cfg = tmp_path / "residual.yaml"
+    cfg.write_text(RESIDUAL)
+    args = ("--stages", "3", "--set", "pipeline.partition=[2,2,2]", *BFLOAT16_WIRE, "--max-steps", "12")
+    seq = train(str(cfg), tmp_path / "seq", *args, "--sequential")
+    run = train(str(cfg), tmp_path / "pipe", *args)
+    assert diff_checkpoints(seq, run)["identical"]
+    assert validation(seq) == validation(run)

@@ -82,6 +82,15 @@ def test_impossible_combinations(overrides, fragment):
         load_config(None, overrides)
 
 
+def test_wire_dtype_is_one_of_its_words():
+    assert load_config(None, []).pipeline.wire_dtype == "float32"
+    assert load_config(None, ["pipeline.wire_dtype=bfloat16"]).pipeline.wire_dtype == "bfloat16"
+    with pytest.raises(FFPipeError) as info:
+        load_config(None, ["pipeline.wire_dtype=float16"])
+    assert str(info.value).splitlines() == ["config pipeline.wire_dtype: 'float16' is not one of float32, bfloat16; "
+                                            "did you mean 'bfloat16'?"]
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(FFPipeError, match="not found"):
         load_config(tmp_path / "missing.yaml")
