@@ -15,7 +15,8 @@ the usual DDP behaviour.
 
 Its records add to the common fields "train_loss", "train_acc", "world_size" and
 "allreduce_bytes_per_step" (each rank sends 2(N − 1)/N × the gradient bytes per step in a ring all-reduce,
-the bandwidth-optimal volume that NCCL's and gloo's rings move); memory is the maximum over ranks, and the
+the bandwidth-optimal volume that NCCL's and gloo's rings move); memory (peak RSS, training RSS and the peak of
+live tensor bytes of a sampled step: `ffpipe.run.measure.MemoryMeter`) is the maximum over ranks, and the
 validation readout is "bp". Only rank 0 writes.
 """
 
@@ -116,11 +117,13 @@ class BPRunner:
 
     def train(self, epoch: int, start: int, stop: int, view: TrainView) -> None:
         sums, local, t0, step = torch.zeros(2, device=self.device), 0, time.perf_counter(), start
+        self.memory.new_epoch()
         for x, y in epoch_batches(self.dataset.train, self.cfg.data.batch_size, seed=self.cfg.train.seed,
                                   epoch=epoch, device=self.device, start_batch=start % self.steps_per_epoch):
             x, y = x[self.rows], y[self.rows]
             self.model.set_step(step + 1)
-            loss, correct = train_step(self.forward, self.optimizer, x, y, self.autocast)
+            with self.memory.step(self.model, self.optimizer, x, y):  # the epoch's first step is its sample
+                loss, correct = train_step(self.forward, self.optimizer, x, y, self.autocast)
             sums += torch.stack([loss * len(y), correct.float()])
             local += len(y)
             step += 1

@@ -33,7 +33,7 @@ def stage_summary(row: dict) -> dict:
             "compute_s_per_step": row["compute_s"] / steps, "idle_pct": 100 * row["idle_s"] / wall,
             "send_blocked_pct": 100 * row["send_blocked_s"] / wall, "samples_per_s": row["samples"] / wall,
             "bytes_in": row["bytes_in"], "bytes_out": row["bytes_out"], "peak_memory_bytes": row["peak_memory_bytes"],
-            "train_memory_bytes": row["train_memory_bytes"]}
+            "train_memory_bytes": row["train_memory_bytes"], "peak_tensor_bytes": row["peak_tensor_bytes"]}
 
 
 class PipelineRunner:
@@ -96,6 +96,7 @@ class PipelineRunner:
         fields = {"train_s": wall, "samples_per_s": achieved,
                   "peak_memory_bytes": max(r["peak_memory_bytes"] for r in rows),
                   "train_memory_bytes": max(r["train_memory_bytes"] for r in rows),
+                  "peak_tensor_bytes": max(r["peak_tensor_bytes"] for r in rows),
                   "head_train_acc": result["head_correct"] / samples if samples else None,
                   "blocks": [b for r in rows for b in r["blocks"]], "stages": [stage_summary(r) for r in rows],
                   "bottleneck": {"bound_samples_per_s": bound, "fraction": achieved / bound if bound else 0.0,

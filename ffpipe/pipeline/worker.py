@@ -113,6 +113,7 @@ class StageWorker:
         self._reset_epoch()
 
     def _reset_epoch(self) -> None:
+        self.memory.new_epoch()  # the stage's first training step of the epoch is its memory sample
         self.meter = BlockMeter(self.stage.stat_names)
         self.compute_s, self.seen, self.head_correct = 0.0, 0, 0.0
         self.tally = {split: Tally(list(self.cfg.head.readouts), readout_blocks(self.cfg, self.model.num_blocks))
@@ -124,15 +125,18 @@ class StageWorker:
     def train_step(self, packet: Packet) -> None:
         if packet.step == self.fault_step:
             raise RuntimeError(f"injected fault (FFPIPE_FAULT) at step {packet.step}")
+        sampled = self.memory.sample()  # the epoch's first step: its memory is measured in two parts
         t0 = self.clock()
-        computed = self.stage.compute(packet, self.clock)
+        with self.memory.window(sampled, self.stage, packet):
+            computed = self.stage.compute(packet, self.clock)
         t1 = self.clock()
         out = computed.out
         if self.links.next is not None:
             self.links.next.send(Kind.TRAIN, packet.step, packet.epoch,
                                  pack(out, wire_dtype=self.wire_dtype), copy=False)
         t2 = self.clock()
-        self.stage.apply(computed, self.clock)
+        with self.memory.window(sampled, self.stage, packet, computed):  # no send inside: `MemoryMeter.window`
+            self.stage.apply(computed, self.clock)
         head = self.links.head
         waited = head.inbound.stats()["idle_s"] if head.inbound is not None else 0.0
         head.after_step(self.stage, out)

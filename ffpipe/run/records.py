@@ -6,7 +6,7 @@ sequential FF runner, the pipelined one (rank 0, from every stage's report) and 
 report` and the lab tools read it. Records of schema 1 (before the field existed) read as schema 1.
 
     {"schema": 2, "kind": "epoch", "epoch": 3, "step": 1500, "lr": 0.001, "train_s": 10.1, "wall_s": 12.3,
-     "samples_per_s": 4950.0, "peak_memory_bytes": ..., "train_memory_bytes": ...,
+     "samples_per_s": 4950.0, "peak_memory_bytes": ..., "train_memory_bytes": ..., "peak_tensor_bytes": ...,
      "blocks": [{"index": 0, "loss": 0.61, "g_pos": 1.2, "g_neg": 0.8, "acc_pair": 0.81,
                  "compute_s": 3.2, "samples_per_s": 15000.0}, ...],               (FF runs)
      "head_train_acc": 0.9,                                                        (FF runs with a head)
@@ -42,8 +42,9 @@ KINDS = ("epoch", "test", "error")
 NOT_ACCURACIES = ("n", "infer_ms_per_image")
 """Keys of a `val`/`test` object that are not readout accuracies (sample count, per-readout timing)."""
 EPOCH_FIELDS = ("epoch", "step", "lr", "train_s", "wall_s", "samples_per_s", "peak_memory_bytes",
-                "train_memory_bytes")
-"""What every epoch record holds, whoever trained."""
+                "train_memory_bytes", "peak_tensor_bytes")
+"""What every epoch record holds, whoever trained (`peak_tensor_bytes` is absent from records written before
+it existed; `ffpipe.run.measure.MemoryMeter` says what each memory field counts)."""
 
 
 def epoch_record(**fields: Any) -> dict:

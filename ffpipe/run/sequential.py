@@ -79,9 +79,11 @@ class SequentialRunner:
 
     def train(self, epoch: int, start: int, stop: int, view: TrainView) -> None:
         meters = [BlockMeter(stage.stat_names) for stage in self.stages]
+        self.memory.new_epoch()
         t0, seen, correct = time.perf_counter(), 0, torch.zeros((), device=self.model.device)
         for packet in self.source.train_packets(epoch, start % self.steps_per_epoch):
-            loss, out = self.train_step(packet, meters)
+            with self.memory.step(self.stages, packet):  # the epoch's first step is its sample
+                loss, out = self.train_step(packet, meters)
             seen += packet.n
             if out.logits is not None:
                 correct += (out.logits.argmax(dim=1) == out.y).sum()
