@@ -9,11 +9,13 @@ weights learn.
 Data parallelism: rank r of N is replica r of a one-stage pipeline (`ffpipe.pipeline.topology`); it takes the
 contiguous rows r·B/N .. (r+1)·B/N − 1 of every global batch and `DistributedDataParallel` averages the
 gradients, so N ranks take the very steps one process takes at batch B, up to the order of float summation.
+With `train.micro_batches` each rank accumulates its shard's gradients over that many micro-batches and
+all-reduces once (`train_step`): less activation memory per rank, the same step up to summation order.
 Exception: BatchNorm. On GPUs it becomes `SyncBatchNorm` (statistics over the global batch, as in one
 process); on the CPU, where torch has no SyncBatchNorm, each rank normalizes with its own shard's statistics,
 the usual DDP behaviour.
 
-Its records add to the common fields "train_loss", "train_acc", "world_size" and
+Its records add to the common fields "train_loss", "train_acc", "world_size", "micro_batches" and
 "allreduce_bytes_per_step" (each rank sends 2(N − 1)/N × the gradient bytes per step in a ring all-reduce,
 the bandwidth-optimal volume that NCCL's and gloo's rings move); memory (peak RSS, training RSS and the peak of
 live tensor bytes of a sampled step: `ffpipe.run.measure.MemoryMeter`) is the maximum over ranks, and the
@@ -33,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ffpipe.baselines.model import build_bp_model, gradient_bytes, train_step
+from ffpipe.baselines.model import build_bp_model, gradient_bytes, micro_batch_rows, train_step
 from ffpipe.config import Config, to_dict
 from ffpipe.data import Split, epoch_batches, load_for_config, num_batches
 from ffpipe.errors import FFPipeError
@@ -86,6 +88,8 @@ class BPRunner:
             raise FFPipeError(f"data.batch_size {cfg.data.batch_size} is larger than the "
                               f"{len(self.dataset.train)} training images")
         self.rows = topology.shard(cfg.data.batch_size)
+        self.micro_batches = cfg.train.micro_batches
+        micro_batch_rows(self.rows.stop - self.rows.start, self.micro_batches)  # refuse a non-divisor now
         self.model = build_bp_model(cfg, self.dataset.image_shape, self.dataset.num_classes).to(self.device)
         wrapped = self.model
         if dist.is_initialized():
@@ -94,6 +98,7 @@ class BPRunner:
             wrapped = DistributedDataParallel(wrapped, device_ids=[self.device.index] if self.device.type == "cuda"
                                               else None)
         self.forward = torch.compile(wrapped) if cfg.train.compile else wrapped
+        self.no_sync = wrapped.no_sync if isinstance(wrapped, DistributedDataParallel) else contextlib.nullcontext
         o = cfg.optim
         self.optimizer = make_optimizer(self.model.parameters(), o.name, o.lr, momentum=o.momentum,
                                         weight_decay=o.weight_decay)
@@ -123,7 +128,8 @@ class BPRunner:
             x, y = x[self.rows], y[self.rows]
             self.model.set_step(step + 1)
             with self.memory.step(self.model, self.optimizer, x, y):  # the epoch's first step is its sample
-                loss, correct = train_step(self.forward, self.optimizer, x, y, self.autocast)
+                loss, correct = train_step(self.forward, self.optimizer, x, y, self.autocast, self.micro_batches,
+                                           self.no_sync)
             sums += torch.stack([loss * len(y), correct.float()])
             local += len(y)
             step += 1
@@ -146,7 +152,7 @@ class BPRunner:
         fields = {"train_s": train_s, "samples_per_s": seen / train_s if train_s > 0 else 0.0,
                   **dict(zip(memory, (int(v) for v in peak.tolist()))), "train_loss": loss,
                   "train_acc": float(sums[1]) / seen, "world_size": self.topology.world,
-                  "allreduce_bytes_per_step": self.comm}
+                  "allreduce_bytes_per_step": self.comm, "micro_batches": self.micro_batches}
         return fields, self.evaluate(self.dataset.val)[0] if evaluate_now else None
 
     def evaluate(self, split: Split) -> tuple[dict, torch.Tensor]:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ffpipe.config import Config
+from ffpipe.errors import FFPipeError
 from ffpipe.ff.blocks import BlockSpec, block_specs, build_block
 from ffpipe.ff.head import make_slice
 from ffpipe.ff.norm import between_blocks, network_input
@@ -54,7 +55,8 @@ class BPNet(nn.Module):
 
     def set_step(self, step: int) -> None:
         """Seed the blocks' dropout masks for this optimizer step, as an FF stage does (`FFBlock`). Under DDP
-        every rank draws the same mask pattern for its own shard (our simplification)."""
+        every rank draws the same mask pattern for its own shard, and with `train.micro_batches` every
+        micro-batch for its rows (our simplification: a mask depends on (seed, step) and its size only)."""
         for block in self.blocks:
             block.step = step
 
@@ -85,18 +87,49 @@ def gradient_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
+def micro_batch_rows(rows: int, micro_batches: int) -> int:
+    """Rows per micro-batch of a rank's `rows`; one FFPipeError line when `micro_batches` does not divide them
+    (unequal micro-batches would weigh their rows unequally in the mean, and it keeps the rule simple)."""
+    if rows % micro_batches:
+        raise FFPipeError(f"train.micro_batches {micro_batches} does not divide the {rows} rows each rank takes "
+                          "per step (data.batch_size over the ranks); pick a divisor of it")
+    return rows // micro_batches
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
-               autocast: Callable[[], contextlib.AbstractContextManager]) -> tuple[Tensor, Tensor]:
+               autocast: Callable[[], contextlib.AbstractContextManager], micro_batches: int = 1,
+               no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+               ) -> tuple[Tensor, Tensor]:
     """One optimizer step on the mean cross-entropy of this batch (or this rank's shard of it).
 
     Under DDP the backward averages the gradients over the ranks, so with equal shards the step is the one
     a single process takes on the whole global batch. Returns the loss and the correct count as tensors,
     without a host sync.
+
+    Gradient accumulation (`train.micro_batches` m, our option): the batch is cut into m equal contiguous
+    micro-batches, each run forward and backward on its own, so only one micro-batch's activations and
+    autograd graph are alive at a time. Micro-batch i's loss is its mean cross-entropy × b_i / B, so the
+    summed gradients are those of the mean over all B rows: the step equals the one-batch step up to the
+    order of float summation (per-micro-batch partial sums, then their sum), not bitwise. m = 1 is the plain
+    step exactly (× 1.0). Under DDP `no_sync` (the DDP module's) skips the all-reduce on all but the last
+    micro-batch, whose backward all-reduces the accumulated gradients once. Not the one-batch step:
+    BatchNorm normalizes each micro-batch with its own statistics (and updates its running ones m times),
+    and dropout draws each micro-batch's mask as that of a batch of its size at this step (`BPNet.set_step`),
+    so the micro-batches share one pattern instead of covering the rows of the full batch's mask.
     """
     optimizer.zero_grad(set_to_none=True)
-    with autocast():
-        logits = model(images)
-    loss = F.cross_entropy(logits.float(), labels)
-    loss.backward()
+    total = len(labels)
+    size = micro_batch_rows(total, micro_batches)
+    loss_sum = correct = None
+    for i in range(micro_batches):
+        rows = slice(i * size, (i + 1) * size)
+        with no_sync() if i < micro_batches - 1 else contextlib.nullcontext():
+            with autocast():
+                logits = model(images[rows])
+            loss = F.cross_entropy(logits.float(), labels[rows]) * (size / total)
+            loss.backward()
+        right = (logits.detach().argmax(dim=1) == labels[rows]).sum()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        correct = right if correct is None else correct + right
     optimizer.step()
-    return loss.detach(), (logits.detach().argmax(dim=1) == labels).sum()
+    return loss_sum, correct

@@ -236,6 +236,12 @@ class TrainConfig:
     """torch.compile each block."""
     progress: bool = True
     """The live progress bar or per-stage table (only on a terminal)."""
+    micro_batches: Positive = 1
+    """BP baseline only (FF runs ignore it): gradient accumulation, ours. Each rank's batch is split into this
+    many equal micro-batches whose gradients sum to the step's (mean cross-entropy over the whole batch), so
+    peak activation memory shrinks by about this factor; under DDP only the last one all-reduces (`no_sync`).
+    Must divide the rows each rank takes per step. Dropout masks and BatchNorm statistics then differ from the
+    one-batch step (`ffpipe.baselines.model.train_step`)."""
 
 
 @dataclass

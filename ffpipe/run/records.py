@@ -11,7 +11,8 @@ report` and the lab tools read it. Records of schema 1 (before the field existed
                  "compute_s": 3.2, "samples_per_s": 15000.0}, ...],               (FF runs)
      "head_train_acc": 0.9,                                                        (FF runs with a head)
      "stages": [...], "bottleneck": {"bound_samples_per_s", "fraction", "slowest_stage"},   (pipelines)
-     "train_loss": ..., "train_acc": ..., "world_size": ..., "allreduce_bytes_per_step": ...,  (BP runs)
+     "train_loss": ..., "train_acc": ..., "world_size": ..., "micro_batches": ...,
+     "allreduce_bytes_per_step": ...,                                                 (BP runs)
      "val": {"linear": 0.85, "goodness": 0.83, "goodness_blocks": [...], "goodness_ranges": [[...]],
              "exit": [0.7, 0.85], "infer_ms_per_image": {...}, "n": 1000}}    (epochs with evaluation)
     {"schema": 2, "kind": "test", "step": 1500, "test": {... as val, plus "<score>_selected" and

@@ -62,16 +62,20 @@ def test_bp_learns_beyond_the_floor(tmp_path):
     assert state["step"] == 100 and state["epoch"] == 2 and "state" in state["optimizer"]
 
 
-def test_ddp_two_processes_equal_one_process(tmp_path):
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_ddp_two_processes_equal_one_process(tmp_path, micro_batches):
     """Two torchrun processes (gloo, 50 rows each) end 30 Adam steps at batch 100 with the weights of one
     process at batch 100. They differ only in float summation order (the shard gradients are averaged by
-    the all-reduce): observed max |Δw| 1.9e-7 after 100 steps, so the tolerance is 1e-5 absolute."""
+    the all-reduce): observed max |Δw| 1.9e-7 after 100 steps, so the tolerance is 1e-5 absolute. With
+    `train.micro_batches` 2 each rank accumulates two 25-row micro-batches and all-reduces once (`no_sync`
+    on the first): still the one-process step, up to summation order."""
     cfg_path = mlp_config(tmp_path)
     single = train_bp(load_config(cfg_path, ["train.max_steps=30"]), str(tmp_path / "one"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "launch/train_bp.py", "--config", str(cfg_path), "--out", str(tmp_path / "two"), "--max-steps", "30"],
+         "launch/train_bp.py", "--config", str(cfg_path), "--out", str(tmp_path / "two"), "--max-steps", "30",
+         "--set", f"train.micro_batches={micro_batches}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "processes: 2" in result.stdout
@@ -82,7 +86,8 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
         torch.testing.assert_close(two["model"][name], weight, rtol=0, atol=1e-5)
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     epoch, test = (json.loads(line) for line in lines)  # one writer: rank 0
-    assert epoch["world_size"] == 2 and test["test"]["n"] == 1000
+    assert epoch["world_size"] == 2 and epoch["micro_batches"] == micro_batches and test["test"]["n"] == 1000
+    assert epoch["peak_tensor_bytes"] >= gradient_bytes(build_bp_model(load_config(cfg_path), (1, 28, 28), 10))
     assert abs(test["test"]["bp"] - single["test"]["bp"]) <= 0.002
     model = build_bp_model(load_config(cfg_path), (1, 28, 28), 10)
     assert epoch["allreduce_bytes_per_step"] == gradient_bytes(model) == 4 * (784 * 64 + 64 + 64 * 64 + 64 + 650)
