@@ -125,7 +125,9 @@ class StageWorker:
     def train_step(self, packet: Packet) -> None:
         if packet.step == self.fault_step:
             raise RuntimeError(f"injected fault (FFPIPE_FAULT) at step {packet.step}")
-        sampled = self.memory.sample()  # the epoch's first step: its memory is measured in two parts
+        # the epoch's first step is its memory sample, measured in two parts, compute and apply: the sends and
+        # the head channel's step (the last stage's joint-head update) stay outside (`MemoryMeter.window`)
+        sampled = self.memory.sample()
         t0 = self.clock()
         with self.memory.window(sampled, self.stage, packet):
             computed = self.stage.compute(packet, self.clock)
