@@ -112,7 +112,8 @@ class BPRunner:
     def start(self, run_dir: Path, resume: bool) -> int:
         if resume:
             raise FFPipeError("the BP baseline does not resume; start a new run")
-        self.memory = MemoryMeter(self.device)  # after data load and model build, before the first step
+        # after data load and model build, before the first step
+        self.memory = MemoryMeter(self.device, self.cfg.train.tensor_memory)
         return 0
 
     def set_epoch(self, epoch: int) -> float:
@@ -148,9 +149,10 @@ class BPRunner:
         if not torch.isfinite(torch.tensor(loss)):
             raise NonFiniteLoss(f"the BP loss became {loss} in epoch {epoch} (step {step}); lower optim.lr")
         memory = self.memory.read()
-        peak = _all_reduce(torch.tensor(list(memory.values()), dtype=torch.int64), self.device, dist.ReduceOp.MAX)
+        peak = _all_reduce(torch.tensor([-1 if v is None else v for v in memory.values()], dtype=torch.int64),
+                           self.device, dist.ReduceOp.MAX)  # -1: not measured (`train.tensor_memory` off)
         fields = {"train_s": train_s, "samples_per_s": seen / train_s if train_s > 0 else 0.0,
-                  **dict(zip(memory, (int(v) for v in peak.tolist()))), "train_loss": loss,
+                  **dict(zip(memory, (int(v) if v >= 0 else None for v in peak.tolist()))), "train_loss": loss,
                   "train_acc": float(sums[1]) / seen, "world_size": self.topology.world,
                   "allreduce_bytes_per_step": self.comm, "micro_batches": self.micro_batches}
         return fields, self.evaluate(self.dataset.val)[0] if evaluate_now else None

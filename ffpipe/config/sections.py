@@ -242,6 +242,11 @@ class TrainConfig:
     peak activation memory shrinks by about this factor; under DDP only the last one all-reduces (`no_sync`).
     Must divide the rows each rank takes per step. Dropout masks and BatchNorm statistics then differ from the
     one-batch step (`ffpipe.baselines.model.train_step`)."""
+    tensor_memory: bool = False
+    """Record `peak_tensor_bytes`: the first training step of each epoch runs under the torch profiler's memory
+    events (`ffpipe.run.measure.MemoryMeter`). Off by default (our choice): the profiler costs the sampled step
+    time, and on the CPU it must not see a wire send start (see `MemoryMeter.window`); the benchmarks turn it
+    on. Off, the records hold null."""
 
 
 @dataclass

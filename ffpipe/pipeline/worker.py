@@ -109,7 +109,7 @@ class StageWorker:
 
     def start(self) -> None:
         """After the data, the stage and the wire are built, before the first step: see MemoryMeter."""
-        self.memory = MemoryMeter(self.stage.device)
+        self.memory = MemoryMeter(self.stage.device, self.cfg.train.tensor_memory)
         self._reset_epoch()
 
     def _reset_epoch(self) -> None:

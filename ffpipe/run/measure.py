@@ -209,9 +209,10 @@ class MemoryMeter:
       every pre-step tensor's frees, so the roots' gradients count as roots there.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, tensors: bool = True):
         self.device = device
         self.cuda = device.type == "cuda"
+        self.tensors = tensors  # `train.tensor_memory`: off, no step is sampled and the reading is None
         self.tensor_peak = 0
         self.due = True
         if self.cuda:
@@ -219,7 +220,8 @@ class MemoryMeter:
             self.before = self.baseline = 0
             self.cuda_peak = 0  # the peak before the sampled steps' resets
         else:
-            warm_up_profiler()  # its one-time set-up and warnings, before the RSS baseline
+            if tensors:
+                warm_up_profiler()  # its one-time set-up and warnings, before the RSS baseline
             self.before = peak_rss_bytes()
             self.reset = reset_peak_rss()
             self.baseline = current_rss_bytes()
@@ -244,7 +246,7 @@ class MemoryMeter:
         a CPU profile finishes, and records its end, on gloo's thread after the profile may have closed,
         which corrupts the profile (observed: an internal assert in `_disable_profiler`, a broken event
         tree). So a part must not start a send it does not also wait for (a blocking all-reduce is fine)."""
-        if not sampled:
+        if not sampled or not self.tensors:
             return contextlib.nullcontext()
         return self._cuda_sample(roots) if self.cuda else self._cpu_sample(roots)
 
@@ -271,8 +273,8 @@ class MemoryMeter:
 
     def read(self) -> dict[str, int]:
         """{"peak_memory_bytes", "train_memory_bytes", "peak_tensor_bytes"} so far (the last 0 before any
-        sampled step)."""
-        tensors = {"peak_tensor_bytes": int(self.tensor_peak)}
+        sampled step, None when the meter measures no tensors)."""
+        tensors = {"peak_tensor_bytes": int(self.tensor_peak) if self.tensors else None}
         if self.cuda:
             peak = max(self.cuda_peak, int(torch.cuda.max_memory_allocated(self.device)))
             return {"peak_memory_bytes": peak, "train_memory_bytes": peak, **tensors}

@@ -69,7 +69,8 @@ class SequentialRunner:
     def start(self, run_dir: Path, resume: bool) -> int:
         previous = latest_checkpoint(run_dir) if resume else None
         step = self.model.load(previous, self.stages)["step"] if previous is not None else 0
-        self.memory = MemoryMeter(self.model.device)  # after data load and model build: see MemoryMeter
+        # after data load and model build: see MemoryMeter
+        self.memory = MemoryMeter(self.model.device, self.cfg.train.tensor_memory)
         return step
 
     def set_epoch(self, epoch: int) -> float:

@@ -131,7 +131,7 @@ def test_the_runner_steps_with_its_micro_batches(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ddp, "train_step", spy)
     cfg = load_config(None, ["model.type=linear", "model.depth=1", "train.micro_batches=4", "train.max_steps=3",
-                             "train.progress=false"])
+                             "train.progress=false", "train.tensor_memory=true"])
     train_bp(cfg, str(tmp_path / "run"))
     assert seen == [4, 4, 4]
     epoch = next(r for r in read_records(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "epoch")

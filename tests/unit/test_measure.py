@@ -108,7 +108,8 @@ def test_every_runner_records_its_peak_tensor_bytes(tmp_path):
     """The sequential FF runner and the BP runner write `peak_tensor_bytes` into each epoch record, at least
     the bytes of the network's parameters (FF: the blocks and head slices, which its roots reach)."""
     overrides = ["model.type=linear", "model.depth=2", "model.width=64", "data.batch_size=50",
-                 "data.labels.encoding=onehot", "data.train_subset=500", "train.progress=false", "train.epochs=2"]
+                 "data.labels.encoding=onehot", "data.train_subset=500", "train.progress=false", "train.epochs=2",
+                 "train.tensor_memory=true"]
     cfg = load_config(None, overrides)
     train(cfg, out=str(tmp_path / "ff"))
     bp = train_bp(load_config(None, overrides), str(tmp_path / "bp"))
