@@ -14,7 +14,8 @@ from ffpipe.lab.bench import runner
 
 TRAIN_IMAGES = 6000  # the embedded fashion_mnist_small training split
 HEAD = "head: {mode: local, exclude_first: true, readouts: [linear]}\n"
-TIMED_TRAIN = "train: {epochs: 100, eval_every: 100000, progress: false}\n"  # no evaluation before the last step
+TIMED_TRAIN = "train: {epochs: 100, eval_every: 100000, progress: false, tensor_memory: true}\n"
+"""No evaluation before the last step; every run records its peak of live tensor bytes (`MemoryMeter`)."""
 TIMED_EPOCH = 2  # epoch 1 warms up; the run stops one step into epoch 3
 
 

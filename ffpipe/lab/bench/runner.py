@@ -41,9 +41,12 @@ def ff_command(cfg: Path, stages: int, replicas: int, steps: int, out: Path) -> 
             "--replicas", str(replicas), "--max-steps", str(steps), "--out", str(out)]
 
 
-def bp_command(cfg: Path, workers: int, steps: int, out: Path) -> list[str]:
-    """`ffpipe train-bp`: one process, or DDP over `workers` processes under torchrun (gloo on the CPU)."""
+def bp_command(cfg: Path, workers: int, steps: int, out: Path, micro_batches: int = 1) -> list[str]:
+    """`ffpipe train-bp`: one process, or DDP over `workers` processes under torchrun (gloo on the CPU);
+    `micro_batches` > 1 accumulates gradients over that many micro-batches per rank (`train.micro_batches`)."""
     common = ["train-bp", "--config", str(cfg), "--max-steps", str(steps), "--out", str(out)]
+    if micro_batches > 1:
+        common += ["--set", f"train.micro_batches={micro_batches}"]
     if workers == 1:
         return [sys.executable, "-m", "ffpipe.cli", *common]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(workers),

@@ -20,6 +20,10 @@ def _f(value, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _mib(value: float | None) -> str:
+    return _f(value / MiB if value is not None else None, ",.1f")
+
+
 def row_label(row: dict, cores: int) -> str:
     """A row's name in every table: its label, and the oversubscription mark where processes > cores."""
     tag = f" **(oversubscribed: {row['processes']} processes on {cores} cores)**" if row["oversubscribed"] else ""
@@ -71,13 +75,15 @@ def _model_tables(result: dict, model: str, cores: int) -> list[str]:
                      f"{_f(r['speedup_vs_1_worker'], '.2f')} | {_f(r['utilisation'], '.2f')} | "
                      f"{_f(r['ff_over_bp_throughput'], '.2f')} | {kib:,.1f} | {_f(r['bottleneck_fraction'], '.2f')} |")
     lines += ["", "Memory per worker (max over a run's stages or ranks, median over repetitions):", "",
-              "| run | training MiB | peak RSS MiB | training MiB per stage (first repetition) |", "|---|---|---|---|"]
+              "| run | peak live tensor MiB | training MiB (RSS growth) | peak RSS MiB | tensor MiB per stage | "
+              "training MiB per stage (first repetition) |", "|---|---|---|---|---|---|"]
     for r in rows:
-        train, peak = r["train_memory_bytes_per_worker"], r["peak_memory_bytes_per_worker"]
-        stages = r["repetitions"][0].get("stage_train_memory_bytes")
-        per_stage = ", ".join(_f(v / MiB if v is not None else None, ",.1f") for v in stages) if stages else "-"
-        lines.append(f"| {row_label(r, cores)} | {_f(train / MiB if train is not None else None, ',.1f')} | "
-                     f"{_f(peak / MiB if peak is not None else None, ',.1f')} | {per_stage} |")
+        cells = [_mib(r.get(k)) for k in ("tensor_memory_bytes_per_worker", "train_memory_bytes_per_worker",
+                                           "peak_memory_bytes_per_worker")]
+        first = r["repetitions"][0]
+        per_stage = [", ".join(_mib(v) for v in first[k]) if first.get(k) else "-"
+                     for k in ("stage_tensor_memory_bytes", "stage_train_memory_bytes")]
+        lines.append(f"| {row_label(r, cores)} | " + " | ".join(cells + per_stage) + " |")
     profile = result["profiles"].get(model)
     if profile:
         seconds = ", ".join(f"{1000 * v:.2f}" for v in profile["block_compute_s_per_step"])
