@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +28,11 @@ from ffpipe.data import load_for_config
 from ffpipe.ff.blocks import block_specs
 from ffpipe.ff.packet import negative_streams
 from ffpipe.ff.partition import IN_ELEMENT, OUT_ELEMENT, block_flops, out_elements, partition
+from ffpipe.lab.bench import runner
 from ffpipe.lab.bench.models import FULL, config_text
 from ffpipe.run.model import measure_block_seconds
 
 OUT = Path(__file__).parent / "results" / "partition"
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "commit": commit}
 
 
 def measure(name: str, steps: int) -> dict:
@@ -85,7 +74,8 @@ def main() -> None:
             rows.append({"model": name, "stages": stages, **{f"{h}_split": partition(
                 net["specs"], stages, h, net["negatives"], net["seconds"]) for h in shares},
                 **{f"{h}_bound": 1 / s for h, s in shares.items()}})
-    result = {"benchmark": "partition_cost", "command": "python benchmarks/partition_cost.py", "machine": machine(),
+    result = {"benchmark": "partition_cost", "command": "python benchmarks/partition_cost.py",
+              "machine": runner.machine(),
               "steps": args.steps, "fitted": fitted, "used": {"out_element": OUT_ELEMENT, "in_element": IN_ELEMENT},
               "relative_error": {k: {"median": float(np.median(v)), "max": float(v.max())} for k, v in rel.items()},
               "block_ms": {name: [1000 * t for t in net["seconds"]] for name, net in nets.items()}, "splits": rows}

@@ -30,7 +30,9 @@ def machine() -> dict:
     if cpuinfo.exists():
         cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
                     if ln.startswith("model name")), cpu)
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "device": "cpu",
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip() or None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "device": "cpu", "commit": commit,
             "threads_per_process": 1, "python": platform.python_version(), "platform": platform.platform(),
             "bench_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
