@@ -38,7 +38,8 @@ def _short(row: dict) -> str:
 def _header(result: dict) -> list[str]:
     m, st = result["machine"], result["settings"]
     return [f"# FF pipeline vs DDP-BP throughput ({'quick' if result['quick'] else 'full'} mode)", "",
-            f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['device']}, "
+            f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['device']}, commit "
+            f"{m.get('commit') or 'not recorded'}, "
             f"{st['threads_per_process']} torch thread per process; benchmark wall time "
             f"{result['wall_s'] / 60:.1f} min.", "",
             f"Every configuration: epoch 1 warm-up, epoch {st['timed_epoch']} timed, {st['repeats']} repetition(s): "
@@ -138,6 +139,8 @@ def markdown(result: dict) -> str:
     """results.md as a string: header, goals, one section per model, simulator, idle, time to accuracy."""
     cores = result["machine"]["cores"]
     lines = _header(result) + _goals(result)
+    if result.get("reading"):  # prose written after the run, kept in the JSON so a re-render keeps it
+        lines += ["## Reading the goals", "", *result["reading"], ""]
     for model in dict.fromkeys(r["model"] for r in result["rows"]):
         lines += _model_tables(result, model, cores)
     lines += _sim_and_idle(result, cores) + _tta(result.get("tta"), cores)
@@ -148,6 +151,9 @@ def markdown(result: dict) -> str:
               "replicas, the ring all-reduce 2(R-1)/R x its gradient bytes; DDP, 2(N-1)/N x the gradient bytes.",
               "- Training memory: peak RSS minus the RSS just before the first step (torch runtime, data and model "
               "excluded; ffpipe.run.measure.MemoryMeter). Peak RSS: the process's high-water mark, runtime included.",
+              "- Peak live tensor MiB: the most bytes held by live tensors at once during one profiler-sampled "
+              "training step per epoch (train.tensor_memory); what a method's activations, gradients and optimizer "
+              "state cost, without the allocator's or the runtime's slack.",
               "- Bottleneck fraction: achieved samples/s over global batch / the slowest stage's compute per step."]
     return "\n".join(lines) + "\n"
 
