@@ -155,26 +155,16 @@ def validation(run):
     return {k: v for k, v in record["val"].items() if k != "infer_ms_per_image"}
 
 
-def test_bfloat16_wire_pipeline_equals_sequential_bitwise(sequential, tmp_path):
-    """`pipeline.wire_dtype: bfloat16` rounds x at the boundary; the sequential runner of the same partition
-    rounds at the same place, training and evaluation packets alike, so weights and readouts stay bitwise
-    equal, and differ from the float32 run's."""
-    cfg, float32 = sequential["local"]
-    args = ("--stages", "2", "--set", "pipeline.partition=[2,2]", *BFLOAT16_WIRE, "--max-steps", "40")
+def test_bfloat16_wire_pipeline_equals_sequential_bitwise(residual, tmp_path):
+    """`pipeline.wire_dtype: bfloat16` rounds the packet at every boundary: x and the shortcut tensors in flight
+    (blocks 0 -> 2 and 2 -> 4 cross [2,2,2]'s boundaries; at batch 50 they travel as separate bfloat16 tensors,
+    too large for the envelope). The sequential runner of the same partition rounds at the same places,
+    training and evaluation packets alike, so weights and readouts stay bitwise equal, and differ from the
+    float32 run's."""
+    cfg, float32 = residual
+    args = ("--stages", "3", "--set", "pipeline.partition=[2,2,2]", *BFLOAT16_WIRE, "--max-steps", "12")
     seq = train(cfg, tmp_path / "seq", *args, "--sequential")
     run = train(cfg, tmp_path / "pipe", *args)
     assert diff_checkpoints(seq, run)["identical"]
     assert validation(seq) == validation(run)
     assert not diff_checkpoints(float32, run)["identical"]
-
-
-def test_residual_bfloat16_wire_pipeline_equals_sequential_bitwise(tmp_path):
-    """The shortcut tensors in flight are rounded too (blocks 0 -> 2 and 2 -> 4 cross [2,2,2]'s boundaries), and
-    travel as separate bfloat16 tensors: at batch 50 they are too large for the envelope."""
-    cfg = tmp_path / "residual.yaml"
-    cfg.write_text(RESIDUAL)
-    args = ("--stages", "3", "--set", "pipeline.partition=[2,2,2]", *BFLOAT16_WIRE, "--max-steps", "12")
-    seq = train(str(cfg), tmp_path / "seq", *args, "--sequential")
-    run = train(str(cfg), tmp_path / "pipe", *args)
-    assert diff_checkpoints(seq, run)["identical"]
-    assert validation(seq) == validation(run)
