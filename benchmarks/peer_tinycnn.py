@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from ffpipe.lab.bench import runner
@@ -43,19 +40,13 @@ RUNS = {"sequential, 2 threads": (1, 2, "cost"), "sequential, 1 thread": (1, 1, 
 
 def run_once(stages: int, threads: int, partition: str, subset: int, batch: int, out: Path) -> dict:
     steps = 2 * (subset // batch) + 1
-    cmd = [sys.executable, "-m", "ffpipe.cli", "train", "--config", str(CONFIG), "--stages", str(stages),
-           "--max-steps", str(steps), "--out", str(out),
-           "--set", f"data.train_subset={subset}", "--set", "train.eval_every=100000",
-           "--set", "train.progress=false", "--set", f"pipeline.partition={partition}"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          errors="replace", timeout=1800)
-    if done.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    record = runner.epoch_records(out)[2]
+    cmd = runner.ff_command(CONFIG, stages, 1, steps, out) + [
+        "--set", f"data.train_subset={subset}", "--set", "train.eval_every=100000",
+        "--set", "train.progress=false", "--set", f"pipeline.partition={partition}"]
+    run = runner.timed_run(cmd, out, threads=threads)
+    record = run["record"]
     stages_info = record.get("stages") or []
-    return {"samples_per_s": record["samples_per_s"], "run_s": time.perf_counter() - t0,
+    return {"samples_per_s": record["samples_per_s"], "run_s": run["run_s"],
             "partition": [s.get("blocks") for s in stages_info] or None,
             "bottleneck_fraction": (record.get("bottleneck") or {}).get("fraction")}
 

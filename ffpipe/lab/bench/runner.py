@@ -55,12 +55,12 @@ def bp_command(cfg: Path, workers: int, steps: int, out: Path, micro_batches: in
             "-m", "ffpipe.cli", *common]
 
 
-def run_command(cmd: list[str], timeout: float = 1800) -> tuple[int, str]:
-    """Run `cmd` with OMP_NUM_THREADS=1; return (exit code, stderr tail). A run past `timeout` is killed.
+def run_command(cmd: list[str], timeout: float = 1800, threads: int = 1) -> tuple[int, str]:
+    """Run `cmd` with OMP_NUM_THREADS=`threads`; return (exit code, stderr tail). A run past `timeout` is killed.
 
     Memory is not read here: each trainer records its own (`ffpipe.run.measure.MemoryMeter`); a child's
     `ru_maxrss` would include its parent's high-water mark."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     try:
         done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True, errors="replace", timeout=timeout)
@@ -75,11 +75,11 @@ def epoch_records(out: Path) -> dict[int, dict]:
     return {r["epoch"]: r for r in map(json.loads, lines) if "epoch" in r}
 
 
-def timed_run(cmd: list[str], out: Path, epoch: int = 2, timeout: float = 1800) -> dict:
+def timed_run(cmd: list[str], out: Path, epoch: int = 2, timeout: float = 1800, threads: int = 1) -> dict:
     """Run `cmd` (which writes run dir `out`) and return its `epoch` record with the steps that epoch ran,
     and the wall time. A failed run raises RuntimeError with its stderr tail."""
     t0 = time.perf_counter()
-    code, err = run_command(cmd, timeout)
+    code, err = run_command(cmd, timeout, threads)
     if code:
         raise RuntimeError(f"{' '.join(cmd)} failed ({code}):\n{err}")
     records = epoch_records(out)
