@@ -20,17 +20,18 @@ Chunk modes (seed 001 §"training routines"): `local` gives every block its own 
 block ("chunked local update"), and still never across a stage boundary, because the incoming packet is
 detached.
 
-What the stage does not own: time (the runner passes a `clock` that synchronizes the device, and decides
-when to measure), the epoch's bookkeeping (the runner sums the `BlockStep`s), and replica gradient averaging
-(the runner passes `average_grads`). It never synchronizes with the host in `compute` or `apply`: whether a
+What the stage does not own: time (the runner passes a `DeviceTimer`, `ffpipe.run.measure`, which the stage
+gives each block's span of work under the block's index; the runner decides when to read it), the epoch's
+bookkeeping (the runner sums the `BlockStep`s), and replica gradient averaging (the runner passes
+`average_grads`). It never synchronizes with the host in `compute` or `apply`: whether a
 loss went non-finite is kept on the device (`first_bad_step`) and read once an epoch.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -45,7 +46,8 @@ from ffpipe.ff.optim import make_optimizer, schedule_of, set_lr
 from ffpipe.ff.packet import Packet, negative_streams
 from ffpipe.ff.shortcuts import ShortcutPlan, join, parse_shortcuts
 
-Clock = Callable[[], float]
+if TYPE_CHECKING:  # the runner's timer; the algorithm never imports the run loop
+    from ffpipe.run.measure import DeviceTimer
 
 
 class NonFiniteLoss(FFPipeError):
@@ -54,13 +56,12 @@ class NonFiniteLoss(FFPipeError):
 
 @dataclass
 class BlockStep:
-    """One block's part of a step: its statistics (detached, in its objective's `stat_names` order), whether
-    its optimizer has gradients to apply, and its compute time when the runner passed a clock."""
+    """One block's part of a step: its statistics (detached, in its objective's `stat_names` order) and
+    whether its optimizer has gradients to apply."""
 
     index: int
     stats: torch.Tensor
     trains: bool
-    seconds: float = 0.0
 
 
 @dataclass
@@ -152,20 +153,20 @@ class Stage:
         self.objectives.train(training)
 
     # -- training ------------------------------------------------------------------------------------------
-    def step(self, packet: Packet, clock: Clock | None = None) -> Computed:
+    def step(self, packet: Packet, timer: DeviceTimer | None = None) -> Computed:
         """One training step: `compute` (outputs computed before the update), then `apply`."""
-        computed = self.compute(packet, clock)
-        self.apply(computed, clock)
+        computed = self.compute(packet, timer)
+        self.apply(computed, timer)
         return computed
 
-    def compute(self, packet: Packet, clock: Clock | None = None) -> Computed:
+    def compute(self, packet: Packet, timer: DeviceTimer | None = None) -> Computed:
         """Forward through every block and the blocks' and local head's gradients; nothing is updated yet."""
         self._set_mode(True)
         x, logits, extras = packet.x, packet.logits, dict(packet.extras)
         labels = None if self.overlays else packet.y
         steps, chunk_loss, head_losses = [], None, []
         for j, index in enumerate(self.indices):
-            t0 = clock() if clock else 0.0
+            t0 = timer.mark() if timer else None
             inp = x if self.backprop_chunk and j > 0 else x.detach()
             self.blocks[j].step = packet.step  # seeds its dropout masks (`ffpipe.ff.blocks.FFBlock`)
             with self._autocast():
@@ -192,13 +193,16 @@ class Stage:
                     head_losses.append(head_loss(part if logits is None else logits + part, packet.y))
                 logits = part.detach() if logits is None else logits + part.detach()
             x = self._join(index, x, extras)
-            steps.append(BlockStep(index, stats, self.trains[j], (clock() - t0) if clock else 0.0))
+            steps.append(BlockStep(index, stats, self.trains[j]))
+            if timer:
+                timer.add(index, t0)
         if chunk_loss is not None:
-            t0 = clock() if clock else 0.0
+            t0 = timer.mark() if timer else None
             for j in range(len(self.indices)):
                 self._zero_grad(j)
             chunk_loss.backward()
-            steps[-1].seconds += (clock() - t0) if clock else 0.0
+            if timer:
+                timer.add(self.indices[-1], t0)
         if head_losses:
             self.head.zero_grad()
             sum(head_losses).backward()
@@ -252,18 +256,19 @@ class Stage:
         fresh = bad & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(fresh, torch.full_like(self.first_bad_step, step), self.first_bad_step)
 
-    def apply(self, computed: Computed, clock: Clock | None = None) -> None:
+    def apply(self, computed: Computed, timer: DeviceTimer | None = None) -> None:
         """The optimizer steps of this step: blocks (replicas average their gradients first), then heads."""
         if self.average_grads is not None:
             self.average_grads(self.gradients(computed))
         for j, block in enumerate(computed.blocks):
             if not block.trains:
                 continue
-            t0 = clock() if clock else 0.0
+            t0 = timer.mark() if timer else None
             for opt in (self.optims[j], self.sig_optims[j]):
                 if opt is not None:
                     opt.step()
-            block.seconds += (clock() - t0) if clock else 0.0
+            if timer:
+                timer.add(block.index, t0)
         if computed.head_trains:
             self.head.step()
 

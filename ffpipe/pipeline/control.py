@@ -70,11 +70,17 @@ class Control:
         return self.get(key)
 
     # -- live view ---------------------------------------------------------------------------------------------
-    def publish_live(self, snapshot: dict, every_s: float = 1.0) -> None:
+    def live_due(self, every_s: float = 1.0) -> bool:
+        """Whether a live snapshot is due (at most one per `every_s`): the caller builds one only then, since
+        building it reads statistics off the device."""
         now = time.monotonic()
-        if now - self._last_live >= every_s:
-            self._last_live = now
-            self.put(f"live/{self.stage}", snapshot)
+        if now - self._last_live < every_s:
+            return False
+        self._last_live = now
+        return True
+
+    def publish_live(self, snapshot: dict) -> None:
+        self.put(f"live/{self.stage}", snapshot)
 
     def read_live(self, stages: int) -> list[dict | None]:
         keys = [f"live/{s}" for s in range(stages)]

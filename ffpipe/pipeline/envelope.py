@@ -10,9 +10,12 @@ stream whose shapes repeat step after step (a pipeline's) therefore costs one tr
 any payload over INLINE_MAX_BYTES, where copying it into the envelope would cost more than the extra round
 trip it saves (measured in `benchmarks/results/wire/`).
 
-Header fields: magic, kind, step, epoch, tensor count, inline flag, next envelope bytes; then per tensor its
-dtype code, ndim and MAX_NDIM dims. 1 KiB describes 16 tensors of up to 5 dimensions (7 + 16·7 = 119 of 128
-slots): room for a packet of activations, labels, accumulators and shortcut tensors.
+Header fields: magic, kind, step, epoch, tensor count, inline flag, next envelope bytes, tag count; then
+MAX_TAGS tags (small integers the caller attaches, such as a packet's view and the sources of its shortcut
+tensors: they arrive as host integers, so the receiving stage reads its metadata without a device read);
+then per tensor its dtype code, ndim and MAX_NDIM dims. 136 slots (1088 bytes) describe 16 tags and 16
+tensors of up to 5 dimensions (8 + 16 + 16·7): room for a packet of activations, labels, accumulators and
+shortcut tensors.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import torch
 
 from ffpipe.errors import FFPipeError
 
-HEADER_LEN = 128
+HEADER_LEN = 136
+MAX_TAGS = 16
 MAX_TENSORS = 16
 MAX_NDIM = 5
 HEADER_BYTES = HEADER_LEN * 8
 INLINE_MAX_BYTES = 256 * 1024
 MAGIC = 0x66667069  # "ffpi": a header that does not start with it means the two sides lost step
-_FIELDS = 7
+_FIELDS = 8
 _ALIGN = 8
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
@@ -63,6 +67,7 @@ class Message:
     step: int
     epoch: int
     tensors: list[torch.Tensor]
+    tags: tuple[int, ...] = ()
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Header:
     specs: list[TensorSpec]
     inline: bool
     next_bytes: int
+    tags: tuple[int, ...] = ()
 
 
 class PeerError(FFPipeError):
@@ -112,11 +118,14 @@ def next_envelope_bytes(specs: Sequence[TensorSpec]) -> int:
 
 
 def encode_header(kind: Kind, step: int, epoch: int, tensors: Sequence[torch.Tensor], inline: bool = False,
-                  next_bytes: int = HEADER_BYTES) -> list[int]:
+                  next_bytes: int = HEADER_BYTES, tags: Sequence[int] = ()) -> list[int]:
     """The header's HEADER_LEN integers; FFPipeError for what the fixed layout cannot describe."""
     if len(tensors) > MAX_TENSORS:
         raise FFPipeError(f"a message holds at most {MAX_TENSORS} tensors, got {len(tensors)}")
-    values = [MAGIC, int(kind), int(step), int(epoch), len(tensors), int(inline), int(next_bytes)]
+    if len(tags) > MAX_TAGS:
+        raise FFPipeError(f"a message carries at most {MAX_TAGS} tags, got {len(tags)}")
+    values = [MAGIC, int(kind), int(step), int(epoch), len(tensors), int(inline), int(next_bytes), len(tags),
+              *(int(t) for t in tags), *[0] * (MAX_TAGS - len(tags))]
     for i, tensor in enumerate(tensors):
         if tensor.dtype not in _CODE_OF:
             raise FFPipeError(f"tensor {i} has dtype {tensor.dtype}, which the wire cannot send")
@@ -129,17 +138,18 @@ def encode_header(kind: Kind, step: int, epoch: int, tensors: Sequence[torch.Ten
 
 def decode_header(values: list[int], peer: int) -> Header:
     """The header of a received envelope; PeerError if it is not one."""
-    count = values[4]
+    count, ntags = values[4], values[7]
     if (values[0] != MAGIC or values[1] not in _KIND_VALUES or not 0 <= count <= MAX_TENSORS
-            or values[5] not in (0, 1) or values[6] < HEADER_BYTES):
+            or values[5] not in (0, 1) or values[6] < HEADER_BYTES or not 0 <= ntags <= MAX_TAGS):
         raise PeerError(f"garbled message header from rank {peer}: the two sides are out of step", peer)
-    specs = []
+    specs, first = [], _FIELDS + MAX_TAGS
     for i in range(count):
-        code, ndim, *dims = values[_FIELDS + i * (2 + MAX_NDIM):_FIELDS + (i + 1) * (2 + MAX_NDIM)]
+        code, ndim, *dims = values[first + i * (2 + MAX_NDIM):first + (i + 1) * (2 + MAX_NDIM)]
         if not (1 <= code <= len(_DTYPES) and 0 <= ndim <= MAX_NDIM):
             raise PeerError(f"garbled tensor {i} in a message header from rank {peer}", peer)
         specs.append((tuple(dims[:ndim]), _DTYPES[code - 1]))
-    return Header(Kind(values[1]), values[2], values[3], specs, bool(values[5]), values[6])
+    return Header(Kind(values[1]), values[2], values[3], specs, bool(values[5]), values[6],
+                  tuple(values[_FIELDS:_FIELDS + ntags]))
 
 
 class Envelope:

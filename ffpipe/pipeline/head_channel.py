@@ -9,11 +9,18 @@ the same in every run and independent of timing; the last P−1−k errors of an
 end (`drain`). The error reaches head slices only, never an FF block. With `head.mode: local` or `none`
 there is no channel at all, and the sequential runner applies every error at once (staleness 0).
 
+The channel runs on its own process group (`topology.backward_group`): under NCCL a rank pair's sends and
+receives of one group share one in-order stream, so the receive an earlier stage posts at start-up would
+block its step-1 activation send on the same pair, and the error it waits for needs that send first.
+`FFPIPE_EMULATE_NCCL=1` reproduces those semantics on the CPU (`ffpipe.pipeline.wire`).
+
 Every channel ends with a STOP, like the activation channels (`close` waits for it): a receive left posted
 when the process group goes down makes gloo abort the process (issue 11).
 """
 
 from __future__ import annotations
+
+import torch
 
 from ffpipe.config import Config
 from ffpipe.ff.head import joint_error
@@ -35,29 +42,36 @@ class HeadChannel:
         self.computes = joint and t.last
         self.steps = self.applied = 0
 
-    def after_step(self, stage: Stage, out: Packet) -> None:
+    def receive_due(self) -> tuple[int, torch.Tensor] | None:
+        """Count this stage's training step and receive the error due after it (`lag` steps old), or None.
+        Received apart from `after_step`, so that the caller keeps the wait for it out of its compute time."""
+        if self.inbound is None:
+            return None
+        self.steps += 1
+        return self._receive() if self.steps > self.lag else None
+
+    def after_step(self, stage: Stage, out: Packet, due: tuple[int, torch.Tensor] | None) -> None:
         """After this stage's training step on `out`'s step: the last stage computes and sends the error and
-        applies its own; an earlier stage applies the error that is due (`lag` steps old)."""
+        applies its own; an earlier stage applies the error `receive_due` gave it."""
         if self.computes and out.logits is not None:
             error = joint_error(out.logits, out.y)
             for sender in self.outbound.values():
                 sender.send(Kind.TRAIN, out.step, out.epoch, [error], copy=False)
             stage.apply_head_error(out.step, error)
-        if self.inbound is not None:
-            self.steps += 1
-            if self.steps > self.lag:
-                self._apply_next(stage)
+        if due is not None:
+            stage.apply_head_error(*due)
+            self.applied += 1
 
     def drain(self, stage: Stage) -> None:
         """At an epoch's end: apply the errors still owed for the epoch's last steps."""
         while self.inbound is not None and self.applied < self.steps:
-            self._apply_next(stage)
+            stage.apply_head_error(*self._receive())
+            self.applied += 1
         self.steps = self.applied = 0
 
-    def _apply_next(self, stage: Stage) -> None:
+    def _receive(self) -> tuple[int, torch.Tensor]:
         msg = self.inbound.recv()
-        stage.apply_head_error(msg.step, msg.tensors[0].clone())
-        self.applied += 1
+        return msg.step, msg.tensors[0].clone()
 
     def stop(self, step: int) -> None:
         """The last stage ends its outbound channels (after the last error was sent)."""

@@ -30,7 +30,7 @@ from ffpipe.pipeline.control import Control
 from ffpipe.pipeline.head_channel import HeadChannel
 from ffpipe.pipeline.runner import PipelineRunner, start_stage
 from ffpipe.pipeline.topology import Topology
-from ffpipe.pipeline.wire import PeerError, Receiver, Sender, configure_process
+from ffpipe.pipeline.wire import PeerError, Receiver, Sender, configure_process, emulating_nccl
 from ffpipe.pipeline.worker import Links, StageWorker
 from ffpipe.run import loop
 from ffpipe.run.loop import run_dir_for
@@ -48,13 +48,14 @@ def run_worker(cfg: Config, out: str | None, resume: bool) -> int:
     topology = topology_mod.join(cfg.train.device, cfg.pipeline.stages, cfg.pipeline.replicas)
     configure_process()
     group = topology_mod.replica_group(topology)  # collective: every rank creates every replica group
+    backward = topology_mod.backward_group(topology, cfg.head.mode == "joint")  # collective too
     control = Control(dist.distributed_c10d._get_default_store(), topology.stage)
     quiet = os.environ.get("FFPIPE_LAUNCHER") == "1"
     # every rank must use one run dir; the leader names it (a name from the clock could differ per rank)
     run_dir = Path(control.agree("run_dir", lambda: str(run_dir_for(cfg, out)), topology.leader))
     try:
         resume = resume or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
-        worker = _build(cfg, topology, control, run_dir, topology_mod.averager(group, topology.replicas))
+        worker = _build(cfg, topology, control, run_dir, topology_mod.averager(group, topology.replicas), backward)
         if topology.drives:
             summary = loop.train(PipelineRunner(worker, topology, control), run_dir, resume)
             if topology.leader:
@@ -108,7 +109,8 @@ def read_error(path: Path) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
 
 
-def _build(cfg: Config, topology: Topology, control: Control, run_dir: Path, average_grads) -> StageWorker:
+def _build(cfg: Config, topology: Topology, control: Control, run_dir: Path, average_grads,
+           backward_group) -> StageWorker:
     measured = cfg.pipeline.partition == "measured"  # rank 0 measures; every stage must use its partition
     if topology.leader:
         model = Model.build(cfg, topology.device)
@@ -121,12 +123,15 @@ def _build(cfg: Config, topology: Topology, control: Control, run_dir: Path, ave
     wire = {"depth": cfg.pipeline.queue_depth, "device": topology.device, "abort_check": control.error}
     links = Links(prev=Receiver(topology.previous, **wire) if topology.previous is not None else None,
                   next=Sender(topology.next, **wire) if topology.next is not None else None,
-                  head=HeadChannel(cfg, topology, owns_head, **wire))
+                  head=HeadChannel(cfg, topology, owns_head, **wire, group=backward_group))
     if topology.leader:
         plan = ShortcutPlan(tuple(parse_shortcuts(cfg.model.shortcuts, model.num_blocks)))
         element_bytes = WIRE_DTYPES[cfg.pipeline.wire_dtype].itemsize
         print(partition_table(model.specs, model.bounds, negative_streams(cfg), model.seconds, plan, element_bytes),
               flush=True)
+        if emulating_nccl():
+            print("NCCL pair emulation on (FFPIPE_EMULATE_NCCL=1): one in-order queue per rank pair and process "
+                  "group", flush=True)
     return StageWorker(cfg, model, topology, control, links, run_dir, average_grads)
 
 

@@ -124,6 +124,17 @@ def replica_group(topology: Topology):
     return groups[topology.stage]
 
 
+def backward_group(topology: Topology, needed: bool):
+    """A process group over every rank for the channels that run against the activations (the joint head's
+    errors, `head_channel`), or None when there are none. NCCL runs all ops of a rank pair in one group on one
+    in-order stream, in both directions: on the activations' group, the head-error receive a stage posts at
+    start-up would sit ahead of its step-1 activation send, which that error needs first — a deadlock at step 1.
+    Its own group is its own communicator, hence its own stream. Collective: every rank calls this."""
+    if not needed or topology.stages == 1:
+        return None
+    return dist.new_group(list(range(topology.world)))
+
+
 def averager(group, replicas: int):
     """Average gradients over a stage's replicas: one all-reduce of all of a step's gradients, flattened, on
     the stage's own group (the DDP convention), never touching another stage. None for one replica."""

@@ -20,6 +20,15 @@ On CUDA (NCCL) each background thread runs on its own stream and synchronizes it
 delivered tensor is complete for any stream; a buffer handed back to the pool carries an event of the
 caller's stream, which the pump waits on before receiving into it again.
 
+NCCL's pair semantics on the CPU (`FFPIPE_EMULATE_NCCL=1`, for tests): ProcessGroupNCCL runs every send and
+receive between two ranks of one process group on one in-order stream, whatever their direction, so a
+receive posted first blocks a later send on that pair until it completes; and `cudaDeviceSynchronize`
+waits for NCCL's kernels too. gloo has neither property, so a schedule that deadlocks under NCCL runs fine
+on gloo. Under the emulation every op of a (process group, rank pair) runs through one in-order queue here
+(`_PairQueue`), and `wait_for_posted` waits until every op this process posted has completed: what a
+device-wide synchronize would wait for. The pipeline's channels obey both rules by design (each direction
+of a rank pair on its own process group; no device-wide synchronize while ops are posted).
+
 Ending a channel: STOP and ERROR are the last message of a channel; after them the sender refuses sends
 and the receiver's pump stops, so it leaves no receive posted behind. Every channel ends that way, also one
 that carries messages backward: `Receiver.close` waits for that last message, because a pump still blocked
@@ -28,6 +37,7 @@ in a posted receive when the process group is torn down makes gloo call std::ter
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -52,7 +62,8 @@ from ffpipe.pipeline.envelope import (
     specs_of,
 )
 
-__all__ = ["Kind", "Message", "PeerError", "Receiver", "Sender", "configure_process"]
+__all__ = ["Kind", "Message", "PeerError", "Receiver", "Sender", "configure_process", "emulating_nccl",
+           "wait_for_posted"]
 
 _POLL_S = 0.2  # how often a blocked caller runs abort_check
 _SWITCH_INTERVAL_S = 5e-4
@@ -63,6 +74,90 @@ def configure_process() -> None:
     5 ms GIL switch interval a finished receive can wait that long for the compute thread to let go
     (measured: 4.9 ms vs 0.9 ms per small message), so the interval is cut to 0.5 ms."""
     sys.setswitchinterval(_SWITCH_INTERVAL_S)
+
+
+def emulating_nccl() -> bool:
+    """Whether this process runs the wire under NCCL's pair semantics (`FFPIPE_EMULATE_NCCL=1`)."""
+    return os.environ.get("FFPIPE_EMULATE_NCCL") == "1"
+
+
+class _QueuedWork:
+    """A send or receive waiting its turn on its pair's queue; `wait()` as a torch work's."""
+
+    def __init__(self, start: Callable[[], object]):
+        self.start = start
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def wait(self) -> bool:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return True
+
+
+class _PairQueue:
+    """One rank pair's ops of one process group, run one at a time in the order they were posted, by one
+    thread: the next op is posted to gloo only once the previous has completed. After a failure every later
+    op fails with it, as a broken NCCL communicator does."""
+
+    _all: dict[tuple[int, int], _PairQueue] = {}
+    _lock = threading.Lock()
+    _posted: set[_QueuedWork] = set()
+    _idle = threading.Condition(_lock)
+
+    def __init__(self):
+        self.ops: deque[_QueuedWork] = deque()
+        self.cond = threading.Condition()
+        self.failed: BaseException | None = None
+        threading.Thread(target=self._run, name="ffpipe-nccl-pair", daemon=True).start()
+
+    @classmethod
+    def post(cls, group, peer: int, start: Callable[[], object]) -> _QueuedWork:
+        key = (id(group if group is not None else dist.group.WORLD), peer)
+        with cls._lock:
+            queue = cls._all.get(key) or cls._all.setdefault(key, cls())
+            work = _QueuedWork(start)
+            cls._posted.add(work)
+        with queue.cond:
+            queue.ops.append(work)
+            queue.cond.notify()
+        return work
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                self.cond.wait_for(lambda: self.ops)
+                work = self.ops.popleft()
+            if self.failed is None:
+                try:
+                    work.start().wait()
+                except BaseException as exc:
+                    self.failed = exc
+            work.error = self.failed
+            work.done.set()
+            with self._idle:
+                self._posted.discard(work)
+                self._idle.notify_all()
+
+
+def wait_for_posted() -> None:
+    """What a device-wide synchronize waits for under NCCL: every send and receive this process has posted.
+    A no-op unless the NCCL emulation is on."""
+    with _PairQueue._idle:
+        _PairQueue._idle.wait_for(lambda: not _PairQueue._posted)
+
+
+def _isend(tensor: torch.Tensor, peer: int, group):
+    if emulating_nccl():
+        return _PairQueue.post(group, peer, lambda: dist.isend(tensor, peer, group=group))
+    return dist.isend(tensor, peer, group=group)
+
+
+def _irecv(tensor: torch.Tensor, peer: int, group):
+    if emulating_nccl():
+        return _PairQueue.post(group, peer, lambda: dist.irecv(tensor, peer, group=group))
+    return dist.irecv(tensor, peer, group=group)
 
 
 def _complete(works: list, device: torch.device) -> None:
@@ -205,7 +300,8 @@ class Sender:
         self._thread = self._end.start(self._complete_sends, "ffpipe-send")
 
     def send(self, kind: Kind, step: int, epoch: int, tensors: Sequence[torch.Tensor] = (), *,
-             copy: bool = True) -> None:
+             tags: Sequence[int] = (), copy: bool = True) -> None:
+        """Queue one message; `tags`: small integers that travel in the header and arrive as `Message.tags`."""
         end = self._end
         kind = Kind(kind)
         if self._closed:
@@ -215,7 +311,7 @@ class Sender:
                 raise FFPipeError(f"tensor {i} is on {tensor.device}, but this wire sends from {end.device}")
         specs = specs_of(tensors)
         inline = envelope_bytes(specs) <= self._promised
-        header = encode_header(kind, step, epoch, tensors, inline, next_envelope_bytes(specs))
+        header = encode_header(kind, step, epoch, tensors, inline, next_envelope_bytes(specs), tags)
         self._blocked_s += end.wait_for(lambda: self._in_flight < end.depth,
                                         f"sending {kind.name} step {step} (all {end.depth} send slots busy)")
         envelope = self._pool.envelope(self._promised)
@@ -229,7 +325,7 @@ class Sender:
                     held.append(t.detach().contiguous())
         buffers = [envelope.buffer, *pooled[1:], *held]
         try:
-            works = [dist.isend(t, end.peer, group=end.group) for t in buffers if t.numel()]
+            works = [_isend(t, end.peer, end.group) for t in buffers if t.numel()]
         except RuntimeError as exc:
             end.fail_from(exc, f"sending {kind.name} step {step}")
             raise end.error from None
@@ -367,7 +463,7 @@ class Receiver:
                     end.cond.wait_for(lambda: self._held < end.depth)
                     self._held += 1
                 envelope = self._pool.envelope(size)
-                _complete([dist.irecv(envelope.buffer, end.peer, group=end.group)], end.device)
+                _complete([_irecv(envelope.buffer, end.peer, end.group)], end.device)
                 header = decode_header(envelope.header(), end.peer)
                 buffers, nbytes = [envelope], size
                 if header.inline:
@@ -375,11 +471,12 @@ class Receiver:
                 else:
                     what = f"receiving the tensors of {header.kind.name} step {header.step}"
                     tensors = [self._pool.tensor(shape, dtype) for shape, dtype in header.specs]
-                    _complete([dist.irecv(t, end.peer, group=end.group) for t in tensors if t.numel()], end.device)
+                    _complete([_irecv(t, end.peer, end.group) for t in tensors if t.numel()], end.device)
                     buffers += tensors
                     nbytes += sum(t.numel() * t.element_size() for t in tensors)
+                message = Message(header.kind, header.step, header.epoch, tensors, header.tags)
                 with end.cond:
-                    self._ready.append((Message(header.kind, header.step, header.epoch, tensors), buffers, nbytes))
+                    self._ready.append((message, buffers, nbytes))
                     end.cond.notify_all()
                 if header.kind in LAST_KINDS:
                     return

@@ -13,6 +13,11 @@ At EPOCH_END every stage applies its owed head errors, reports its epoch (per-bl
 and send-blocked time, bytes, memory) through the control plane and writes its checkpoint shard; rank 0
 assembles the record and the manifest. Nothing ever flows to an FF block from a later stage; the one
 backward message is the joint head's error (`head_channel`).
+
+No host sync in a training step (what a GPU stage needs to run ahead of its kernels): statistics and the
+head's correct count stay on the device until the epoch's end, the live snapshot reads them only when one is
+due (once a second), a packet's metadata travels as header tags (`Message.tags`, host integers), and time is
+taken with a `DeviceTimer` (events on a GPU, read at the epoch's end), never a device-wide synchronize.
 """
 
 from __future__ import annotations
@@ -31,37 +36,38 @@ from ffpipe.pipeline.control import Control
 from ffpipe.pipeline.head_channel import HeadChannel
 from ffpipe.pipeline.topology import Topology
 from ffpipe.pipeline.wire import Kind, Message, Receiver, Sender
-from ffpipe.run.measure import MemoryMeter, device_clock
+from ffpipe.run.measure import DeviceTimer, MemoryMeter
 from ffpipe.run.model import Model
 from ffpipe.run.plots import save_confusion
 from ffpipe.run.records import BlockMeter
 
 SPLITS = ("val", "test")
+STAGE_SPAN = "stage"  # the timer key of the stage's whole step (blocks, head, optimizer steps)
 
 
-def pack(p: Packet, split: str = "val", wire_dtype: str = "float32") -> list[torch.Tensor]:
-    """A packet as wire tensors: x, y, meta (view, split, the source blocks of the shortcut tensors in
-    flight), the accumulators (absent ones as empty tensors: the wire sends no bytes), then the shortcut
-    tensors; x and the shortcut tensors in `pipeline.wire_dtype` (`Packet.to_wire`: bfloat16 sends half the
-    bytes). Every tensor is fresh or a clone (`unpack`), and nothing modifies a packet's tensors after they
-    are sent, so the worker hands them to the wire without a staging copy (`Sender.send(copy=False)`)."""
+def pack(p: Packet, split: str = "val", wire_dtype: str = "float32") -> tuple[list[torch.Tensor], tuple[int, ...]]:
+    """A packet as wire tensors and header tags. Tensors: x, y, the accumulators (absent ones as empty
+    tensors: the wire sends no bytes), then the shortcut tensors; x and the shortcut tensors in
+    `pipeline.wire_dtype` (`Packet.to_wire`: bfloat16 sends half the bytes). Tags: the view, the split and
+    the source blocks of the shortcut tensors in flight. Every tensor is fresh or a clone (`unpack`), and
+    nothing modifies a packet's tensors after they are sent, so the worker hands them to the wire without a
+    staging copy (`Sender.send(copy=False)`)."""
     p = p.to_wire(wire_dtype)
     empty = torch.empty(0, device=p.x.device)
-    meta = torch.tensor([VIEWS.index(p.view), SPLITS.index(split), *p.extras], dtype=torch.long, device=p.x.device)
     accumulators = [t if t is not None else empty for t in (p.logits, p.scores, p.exits)]
-    return [p.x, p.y, meta, *accumulators, *p.extras.values()]
+    return [p.x, p.y, *accumulators, *p.extras.values()], (VIEWS.index(p.view), SPLITS.index(split), *p.extras)
 
 
 def unpack(msg: Message, wire_dtype: str = "float32") -> tuple[Packet, str]:
     """Receive buffers are reused by the wire, so everything that outlives this step is cloned: all but x,
     which the stage consumes before the next receive. After a narrowing wire, `Packet.from_wire` widens x and
     the shortcut tensors into fresh float32 tensors, which is their copy."""
-    x, y, meta, logits, scores, exits, *extras = msg.tensors
-    meta = meta.tolist()
-    view, split = VIEWS[meta[0]], SPLITS[meta[1]]
+    x, y, logits, scores, exits, *extras = msg.tensors
+    view, split, *sources = msg.tags
+    view, split = VIEWS[view], SPLITS[split]
     keep = [t.clone() if t.numel() else None for t in (y, logits, scores, exits)]
     widened = narrows(wire_dtype)
-    shortcuts = {src: t if widened else t.clone() for src, t in zip(meta[2:], extras)}
+    shortcuts = {src: t if widened else t.clone() for src, t in zip(sources, extras)}
     packet = Packet(view, x, keep[0], msg.step, msg.epoch, keep[1], keep[2], keep[3], shortcuts)
     return packet.from_wire(wire_dtype), split
 
@@ -102,7 +108,7 @@ class StageWorker:
         self.wire_dtype = cfg.pipeline.wire_dtype
         self.reports = topology.replica == 0  # replicas hold equal weights: replica 0 evaluates, reports, saves
         self.run_dir = run_dir
-        self.clock = device_clock(model.device)
+        self.timer = DeviceTimer(model.device)
         self.fault_step = _fault_step(self.index)
         self.epoch_seen = 0
         self.memory: MemoryMeter | None = None
@@ -115,7 +121,8 @@ class StageWorker:
     def _reset_epoch(self) -> None:
         self.memory.new_epoch()  # the stage's first training step of the epoch is its memory sample
         self.meter = BlockMeter(self.stage.stat_names)
-        self.compute_s, self.seen, self.head_correct = 0.0, 0, 0.0
+        self.timer.reset()
+        self.seen, self.head_correct = 0, torch.zeros((), device=self.stage.device)
         self.tally = {split: Tally(list(self.cfg.head.readouts), readout_blocks(self.cfg, self.model.num_blocks))
                       for split in SPLITS}
         self.t0 = self.train_end = time.perf_counter()
@@ -128,29 +135,27 @@ class StageWorker:
         # the epoch's first step is its memory sample, measured in two parts, compute and apply: the sends and
         # the head channel's step (the last stage's joint-head update) stay outside (`MemoryMeter.window`)
         sampled = self.memory.sample()
-        t0 = self.clock()
+        start = self.timer.mark()
         with self.memory.window(sampled, self.stage, packet):
-            computed = self.stage.compute(packet, self.clock)
-        t1 = self.clock()
+            computed = self.stage.compute(packet, self.timer)
+        self.timer.add(STAGE_SPAN, start)
         out = computed.out
         if self.links.next is not None:
-            self.links.next.send(Kind.TRAIN, packet.step, packet.epoch,
-                                 pack(out, wire_dtype=self.wire_dtype), copy=False)
-        t2 = self.clock()
+            tensors, tags = pack(out, wire_dtype=self.wire_dtype)
+            self.links.next.send(Kind.TRAIN, packet.step, packet.epoch, tensors, tags=tags, copy=False)
+        due = self.links.head.receive_due()  # a wait, not work: outside the timed spans
+        start = self.timer.mark()
         with self.memory.window(sampled, self.stage, packet, computed):  # no send inside: `MemoryMeter.window`
-            self.stage.apply(computed, self.clock)
-        head = self.links.head
-        waited = head.inbound.stats()["idle_s"] if head.inbound is not None else 0.0
-        head.after_step(self.stage, out)
-        waited = (head.inbound.stats()["idle_s"] if head.inbound is not None else 0.0) - waited
-        self.compute_s += (t1 - t0) + (self.clock() - t2) - waited
+            self.stage.apply(computed, self.timer)
+        self.links.head.after_step(self.stage, out, due)
+        self.timer.add(STAGE_SPAN, start)
         self.meter.add(computed.blocks, packet.n)
         self.seen += packet.n
         if self.topology.last and out.logits is not None:
-            self.head_correct += float((out.logits.argmax(dim=1) == out.y).sum())
+            self.head_correct += (out.logits.argmax(dim=1) == out.y).sum()
         self.train_end = time.perf_counter()
         self.train_idle = self.links.prev.stats()["idle_s"] if self.links.prev is not None else 0.0
-        if self.reports:
+        if self.reports and self.control.live_due():
             self._publish_live(packet, computed.blocks)
 
     def _publish_live(self, packet: Packet, blocks) -> None:
@@ -164,7 +169,8 @@ class StageWorker:
     def eval_step(self, packet: Packet, split: str) -> None:
         out = self.stage.evaluate(packet)
         if self.links.next is not None:
-            self.links.next.send(Kind.EVAL, 0, packet.epoch, pack(out, split, self.wire_dtype), copy=False)
+            tensors, tags = pack(out, split, self.wire_dtype)
+            self.links.next.send(Kind.EVAL, 0, packet.epoch, tensors, tags=tags, copy=False)
         else:
             self.tally[split].add(out)
 
@@ -205,9 +211,11 @@ class StageWorker:
         if epoch:
             prev = self.links.prev.stats() if self.links.prev else {"idle_s": 0.0, "bytes": 0}
             nxt = self.links.next.stats() if self.links.next else {"blocked_s": 0.0, "bytes": 0}
+            seconds = self.timer.totals()
             self.control.put(f"{key}/stage/{self.index}", {
-                "stage": self.index, "blocks": self.meter.rows(), "steps": self.meter.steps, "samples": self.seen,
-                "wall_s": self.train_end - self.t0, "compute_s": self.compute_s, "idle_s": self.train_idle,
+                "stage": self.index, "blocks": self.meter.rows(seconds), "steps": self.meter.steps,
+                "samples": self.seen, "wall_s": self.train_end - self.t0, "compute_s": seconds.get(STAGE_SPAN, 0.0),
+                "idle_s": self.train_idle,
                 "send_blocked_s": nxt["blocked_s"], "bytes_in": prev["bytes"], "bytes_out": nxt["bytes"],
                 **self.memory.read()})
             for link in (self.links.prev, self.links.next):
@@ -218,7 +226,7 @@ class StageWorker:
         if self.topology.last:
             tally = self.tally["val" if epoch else "test"]
             result = tally.result() if evaluated and tally.seen else None
-            self.control.put(f"{key}/result", {"eval": result, "head_correct": self.head_correct})
+            self.control.put(f"{key}/result", {"eval": result, "head_correct": float(self.head_correct)})
             found = tally.confusion(self.model.dataset.num_classes) if not epoch and tally.seen else None
             if found is not None:
                 save_confusion(found[1], self.model.dataset.class_names, self.run_dir / "confusion.json",

@@ -1,8 +1,12 @@
 """What a run measures about its own process: device time and memory.
 
-Timing that feeds decisions (the bottleneck bound, `partition: measured`) must measure work, not launches:
-on a GPU kernels run asynchronously, so `device_clock` synchronizes the device before it reads the time.
-On the CPU it is `time.perf_counter`. Runners decide what to time; stages only mark block boundaries.
+Timing that feeds decisions (the bottleneck bound, `partition: measured`) must measure work, not launches
+and not waits: `DeviceTimer` sums spans of work per key. On a GPU kernels run asynchronously, so a span is a
+pair of CUDA events recorded on the compute stream, resolved once per read; never a device-wide
+synchronize, which would also wait for NCCL's streams (a receive posted ahead, a send in flight), so that
+compute time would absorb communication, and a stage whose peer waits on it would deadlock (see
+`ffpipe.pipeline.head_channel`). On the CPU a span is two `time.perf_counter` readings. Runners decide what
+to time; stages only mark block boundaries.
 
 Memory (`MemoryMeter`): every runner records `peak_memory_bytes`, `train_memory_bytes` and
 `peak_tensor_bytes` of its process in its epoch records. On the CPU the peak resident set includes the ~300 MB
@@ -20,23 +24,64 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 
 import torch
 from torch import nn
 from torch._C._profiler import _EventType
 from torch.autograd import profiler
 
+Mark = float | torch.cuda.Event
 
-def device_clock(device: torch.device) -> Callable[[], float]:
-    """A clock for timing work on `device`: `perf_counter`, after a CUDA synchronize on a GPU."""
-    if device.type == "cuda":
-        def clock() -> float:
-            torch.cuda.synchronize(device)
+
+class DeviceTimer:
+    """Seconds of device work summed per key: `start = timer.mark()`, the work, `timer.add(key, start)`.
+
+    On the CPU the sums are kept as the spans close. On a GPU each span is two timing events of the current
+    stream; `totals()` waits for the last one recorded (that stream only, one host sync per read, meant for
+    an epoch's end or a throttled snapshot) and folds the spans in. Spans whose events have already passed
+    are folded in as `add` goes (`query`, no wait), so a long epoch keeps few events alive."""
+
+    _FOLD_AT = 512  # pending spans that trigger a non-blocking fold
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self._sums: dict[Hashable, float] = {}
+        self._pending: list[tuple[Hashable, torch.cuda.Event, torch.cuda.Event]] = []
+
+    def mark(self) -> Mark:
+        if not self.cuda:
             return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
-        return clock
-    return time.perf_counter
+    def add(self, key: Hashable, start: Mark) -> None:
+        """Close the span that began at `start` and add it to `key`'s sum."""
+        end = self.mark()
+        if not self.cuda:
+            self._sums[key] = self._sums.get(key, 0.0) + (end - start)
+            return
+        self._pending.append((key, start, end))
+        if len(self._pending) >= self._FOLD_AT:
+            done = next((i for i, (_, _, e) in enumerate(self._pending) if not e.query()), len(self._pending))
+            self._fold(done)
+
+    def totals(self) -> dict[Hashable, float]:
+        """Every key's seconds so far."""
+        if self._pending:
+            self._pending[-1][2].synchronize()
+            self._fold(len(self._pending))
+        return dict(self._sums)
+
+    def reset(self) -> None:
+        self.totals()  # let pending spans finish, so none is counted in the next period
+        self._sums = {}
+
+    def _fold(self, count: int) -> None:
+        for key, start, end in self._pending[:count]:
+            self._sums[key] = self._sums.get(key, 0.0) + start.elapsed_time(end) / 1000.0
+        del self._pending[:count]
 
 
 def current_rss_bytes() -> int:

@@ -21,7 +21,7 @@ from ffpipe.ff.packet import PacketSource, negative_streams
 from ffpipe.ff.partition import partition
 from ffpipe.ff.stage import Stage
 from ffpipe.run.checkpoint import checkpoint_dir, load_checkpoint, prune_checkpoints, save_shard, write_manifest
-from ffpipe.run.measure import device_clock
+from ffpipe.run.measure import DeviceTimer
 
 
 @dataclass
@@ -90,15 +90,17 @@ class Model:
 
 def measure_block_seconds(cfg: Config, dataset: Dataset, specs: list[BlockSpec], device: torch.device,
                           steps: int = 6) -> list[float]:
-    """Median seconds per training step of each block (compute + apply, device-synchronized), on a throwaway
+    """Median seconds per training step of each block (compute + apply, as `DeviceTimer` measures them), on a throwaway
     one-stage copy of the network run for a few real steps, for `pipeline.partition: measured`. The first
     step is a warm-up."""
     stage = Stage(cfg, specs, 0, len(specs), dataset.num_classes, device)
-    clock, samples = device_clock(device), []
+    timer, samples = DeviceTimer(device), []
     for i, packet in enumerate(PacketSource(cfg, dataset, device).train_packets(epoch=1)):
         if i > steps:
             break
-        blocks = stage.step(packet, clock).blocks
+        timer.reset()
+        stage.step(packet, timer)
         if i:
-            samples.append([b.seconds for b in blocks])
+            seconds = timer.totals()
+            samples.append([seconds[k] for k in range(len(specs))])
     return [sorted(column)[len(column) // 2] for column in zip(*samples)]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,6 @@ class BlockMeter:
 
     stat_names: tuple[str, ...]
     stats: torch.Tensor | None = None
-    seconds: list[float] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
     steps: int = 0
     samples: int = 0
@@ -80,20 +80,22 @@ class BlockMeter:
         """`blocks`: the `BlockStep`s of one step (`ffpipe.ff.stage`)."""
         stats = torch.stack([b.stats for b in blocks]).float()
         self.stats = stats if self.stats is None else self.stats + stats
-        seconds = [b.seconds for b in blocks]
-        self.seconds = [a + b for a, b in zip(self.seconds, seconds)] if self.seconds else seconds
         self.indices = [b.index for b in blocks]
         self.steps += 1
         self.samples += samples
 
-    def rows(self) -> list[dict]:
-        """The record's `blocks`: per block the epoch's mean statistics, compute time and samples/s."""
+    def rows(self, seconds: Mapping[Hashable, float]) -> list[dict]:
+        """The record's `blocks`: per block the epoch's mean statistics, compute time (`seconds`: the epoch's
+        `DeviceTimer` totals, keyed by block index) and samples/s."""
         if not self.steps:
             return []
         means = (self.stats / self.steps).tolist()
-        return [{"index": index, **dict(zip(self.stat_names, values)), "compute_s": secs,
-                 "samples_per_s": self.samples / secs if secs > 0 else 0.0}
-                for index, values, secs in zip(self.indices, means, self.seconds)]
+        rows = []
+        for index, values in zip(self.indices, means):
+            secs = seconds.get(index, 0.0)
+            rows.append({"index": index, **dict(zip(self.stat_names, values)), "compute_s": secs,
+                         "samples_per_s": self.samples / secs if secs > 0 else 0.0})
+        return rows
 
 
 class MetricsLog:

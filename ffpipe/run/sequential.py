@@ -28,7 +28,7 @@ from ffpipe.pipeline.topology import choose_device
 from ffpipe.run import loop
 from ffpipe.run.checkpoint import latest_checkpoint, resolve_checkpoint
 from ffpipe.run.console import TrainView
-from ffpipe.run.measure import MemoryMeter, device_clock
+from ffpipe.run.measure import DeviceTimer, MemoryMeter
 from ffpipe.run.model import Model
 from ffpipe.run.plots import save_confusion
 from ffpipe.run.records import BlockMeter
@@ -59,7 +59,7 @@ class SequentialRunner:
         self.stages = self.model.stages()
         self.source = self.model.source()
         self.steps_per_epoch = self.source.steps_per_epoch
-        self.clock = device_clock(self.model.device)
+        self.timer = DeviceTimer(self.model.device)
         self._epoch: dict = {}
         self._test: Tally | None = None
 
@@ -81,6 +81,7 @@ class SequentialRunner:
     def train(self, epoch: int, start: int, stop: int, view: TrainView) -> None:
         meters = [BlockMeter(stage.stat_names) for stage in self.stages]
         self.memory.new_epoch()
+        self.timer.reset()
         t0, seen, correct = time.perf_counter(), 0, torch.zeros((), device=self.model.device)
         for packet in self.source.train_packets(epoch, start % self.steps_per_epoch):
             with self.memory.step(self.stages, packet):  # the epoch's first step is its sample
@@ -92,14 +93,15 @@ class SequentialRunner:
                 view.update(packet.step, epoch, float(loss), float(correct) / seen, seen / (time.perf_counter() - t0))
             if packet.step == stop:
                 break
-        self._epoch = {"meters": meters, "train_s": time.perf_counter() - t0, "seen": seen, "correct": correct}
+        self._epoch = {"meters": meters, "train_s": time.perf_counter() - t0, "seen": seen, "correct": correct,
+                       "seconds": self.timer.totals()}
 
     def train_step(self, packet: Packet, meters: list[BlockMeter]) -> tuple[torch.Tensor, Packet]:
         """One step through all stages, then the joint head's error. Returns the mean block loss (a tensor:
         no host sync) and the last stage's packet."""
         step, losses, wire = packet.step, [], self.cfg.pipeline.wire_dtype
         for k, (stage, meter) in enumerate(zip(self.stages, meters)):
-            computed = stage.step(packet.at_boundary(wire) if k else packet, self.clock)
+            computed = stage.step(packet.at_boundary(wire) if k else packet, self.timer)
             meter.add(computed.blocks, packet.n)
             losses += [block.stats[0] for block in computed.blocks]
             packet = computed.out
@@ -116,7 +118,7 @@ class SequentialRunner:
         train_s, seen = e["train_s"], e["seen"]
         fields = {"train_s": train_s, "samples_per_s": seen / train_s if train_s > 0 else 0.0,
                   "head_train_acc": float(e["correct"]) / seen if seen else None,
-                  "blocks": [row for meter in e["meters"] for row in meter.rows()], **self.memory.read()}
+                  "blocks": [row for meter in e["meters"] for row in meter.rows(e["seconds"])], **self.memory.read()}
         val = evaluate(self.cfg, self.stages, self.source, self.model.dataset.val).result() if evaluate_now else None
         return fields, val
 

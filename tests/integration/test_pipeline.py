@@ -35,8 +35,8 @@ def config(tmp_path, head="local"):
     return str(path)
 
 
-def train(cfg, out, *extra):
-    result = ffpipe("train", "--config", cfg, "--out", str(out), *extra)
+def train(cfg, out, *extra, env=None):
+    result = ffpipe("train", "--config", cfg, "--out", str(out), *extra, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     return out
 
@@ -128,13 +128,16 @@ def residual(tmp_path_factory):
     return str(cfg), train(str(cfg), base / "seq", "--stages", "1", "--max-steps", "12")
 
 
-@pytest.mark.parametrize("stages, partition", [(2, "[3,3]"), (3, "[2,2,2]"), (4, "[2,2,1,1]")])
-def test_residual_pipeline_equals_sequential_bitwise(residual, tmp_path, stages, partition):
+@pytest.mark.parametrize("stages, partition, emulate_nccl",
+                         [(2, "[3,3]", False), (3, "[2,2,2]", True), (4, "[2,2,1,1]", False)])
+def test_residual_pipeline_equals_sequential_bitwise(residual, tmp_path, stages, partition, emulate_nccl):
     """Shortcut tensors cross every one of these boundaries (block 0 -> 2, 2 -> 4, 3 -> 5) in the packet, and
-    dropout (DeeperForward's 0.2) draws the same masks whatever the partition."""
+    dropout (DeeperForward's 0.2) draws the same masks whatever the partition. P = 3 runs under NCCL's pair
+    semantics (`FFPIPE_EMULATE_NCCL`, `ffpipe.pipeline.wire`), where the same schedule must neither deadlock
+    nor change a bit."""
     cfg, seq = residual
     run = train(cfg, tmp_path / "pipe", "--stages", str(stages), "--set", f"pipeline.partition={partition}",
-                "--max-steps", "12")
+                "--max-steps", "12", env={"FFPIPE_EMULATE_NCCL": str(int(emulate_nccl))})
     assert diff_checkpoints(seq, run)["identical"]
 
 

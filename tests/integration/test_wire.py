@@ -23,6 +23,7 @@ from ffpipe.pipeline.envelope import (
     HEADER_BYTES,
     INLINE_MAX_BYTES,
     MAX_NDIM,
+    MAX_TAGS,
     MAX_TENSORS,
     Envelope,
     decode_header,
@@ -153,13 +154,17 @@ def _payload_bytes(step: int) -> int:
 def test_header_round_trip_and_limits():
     tensors = [torch.zeros(2, 3, dtype=torch.bfloat16), torch.zeros((), dtype=torch.int64),
                torch.zeros([1] * MAX_NDIM, dtype=torch.float16), torch.zeros(0, 4)]
-    values = encode_header(Kind.EVAL, 7, 3, tensors, inline=True, next_bytes=4096)
+    values = encode_header(Kind.EVAL, 7, 3, tensors, inline=True, next_bytes=4096, tags=(2, 0, 5))
     header = decode_header(values, peer=1)
-    assert (header.kind, header.step, header.epoch) == (Kind.EVAL, 7, 3)
+    assert (header.kind, header.step, header.epoch, header.tags) == (Kind.EVAL, 7, 3, (2, 0, 5))
     assert header.specs == [(tuple(t.shape), t.dtype) for t in tensors]
     assert header.inline and header.next_bytes == 4096
+    full = decode_header(encode_header(Kind.TRAIN, 1, 1, [torch.zeros(1)] * MAX_TENSORS, tags=range(MAX_TAGS)), 0)
+    assert full.tags == tuple(range(MAX_TAGS)) and len(full.specs) == MAX_TENSORS
     with pytest.raises(FFPipeError, match="at most"):
         encode_header(Kind.TRAIN, 0, 0, [torch.zeros(1)] * (MAX_TENSORS + 1))
+    with pytest.raises(FFPipeError, match="at most"):
+        encode_header(Kind.TRAIN, 0, 0, [], tags=[0] * (MAX_TAGS + 1))
     with pytest.raises(FFPipeError, match="dimensions"):
         encode_header(Kind.TRAIN, 0, 0, [torch.zeros([1] * (MAX_NDIM + 1))])
     with pytest.raises(FFPipeError, match="dtype"):

@@ -8,7 +8,7 @@ from torch import nn
 
 from ffpipe.baselines import train_bp
 from ffpipe.config import load_config
-from ffpipe.run.measure import MemoryMeter, peak_of_events, peak_rss_bytes
+from ffpipe.run.measure import DeviceTimer, MemoryMeter, peak_of_events, peak_rss_bytes
 from ffpipe.run.records import read_records
 from ffpipe.run.sequential import train
 
@@ -120,3 +120,19 @@ def test_every_runner_records_its_peak_tensor_bytes(tmp_path):
         for record in epochs:
             assert params <= record["peak_tensor_bytes"] <= record["peak_memory_bytes"], (run, record)
     assert bp["step"] == 20
+
+
+def test_the_timer_sums_spans_per_key_and_starts_over_at_reset():
+    """Spans of work summed per key; what happens between spans (a wait) is not in any sum."""
+    timer = DeviceTimer(torch.device("cpu"))
+    a = torch.randn(300, 300)
+    for _ in range(3):
+        start = timer.mark()
+        a @ a
+        timer.add("work", start)
+        start = timer.mark()
+        timer.add("nothing", start)
+    totals = timer.totals()
+    assert set(totals) == {"work", "nothing"} and totals["work"] > totals["nothing"] >= 0
+    timer.reset()
+    assert timer.totals() == {}

@@ -47,14 +47,15 @@ def test_pack_and_unpack_carry_the_same_rounding(wire_dtype):
     """The pipeline's send + receive gives the sequential runner's `at_boundary`, bit for bit; bfloat16
     sends x and the shortcut tensors at 2 bytes a value; float32 hands x over uncopied."""
     p = packet()
-    tensors = pack(p, "val", wire_dtype)
+    tensors, tags = pack(p, "val", wire_dtype)
     size = WIRE_DTYPES[wire_dtype].itemsize
-    x, y, _, logits, scores, exits, *extras = tensors
+    x, y, logits, scores, exits, *extras = tensors
+    assert tags[2:] == (0, 2)
     assert x.element_size() == size and all(t.element_size() == size for t in extras)
     assert y.dtype == torch.int64 and logits.dtype == scores.dtype == torch.float32 and exits.dtype == torch.int64
     if wire_dtype == "float32":
         assert x is p.x
-    got, split = unpack(Message(Kind.TRAIN, p.step, p.epoch, tensors), wire_dtype)
+    got, split = unpack(Message(Kind.TRAIN, p.step, p.epoch, tensors, tags), wire_dtype)
     want = p.at_boundary(wire_dtype)
     assert split == "val" and got.x.dtype == torch.float32 and torch.equal(got.x, want.x)
     assert {s: t.dtype for s, t in got.extras.items()} == {0: torch.float32, 2: torch.float32}
