@@ -24,6 +24,7 @@ class Range:
 Positive = Annotated[int, Range(gt=0)]
 NonNegativeInt = Annotated[int, Range(ge=0)]
 NonNegative = Annotated[float, Range(ge=0)]
+PositiveFloat = Annotated[float, Range(gt=0)]
 Fraction = Annotated[float, Range(ge=0, lt=1)]
 
 Encoding = Literal["onehot", "fourier", "none"]
@@ -264,6 +265,10 @@ class PipelineConfig:
     """Data-parallel replicas of the whole pipeline."""
     wire_dtype: WireDtype = "float32"
     """x and shortcuts at stage boundaries: float32 or bfloat16 (ours: half the bytes; the partition then matters)."""
+    timeout_s: PositiveFloat = 60.0
+    """Seconds a stage waits for its neighbour (a message, a free send slot) before it declares the neighbour
+    dead and the run failed (ours). The wire's caller never blocks inside gloo or NCCL, so this holds on GPUs
+    too; raise it when a first step is slow (torch.compile, cuDNN autotuning) or stages wait on evaluation."""
 
 
 @dataclass

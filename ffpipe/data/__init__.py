@@ -5,7 +5,7 @@ labels; `epoch_batches` turns a split into float32 batches in a per-(seed, epoch
 `fashion_mnist_small` ships inside the package, so ffpipe runs without any data set up.
 """
 
-from ffpipe.data.batches import epoch_batches, num_batches
+from ffpipe.data.batches import epoch_batches, num_batches, to_device
 from ffpipe.data.catalog import DATASETS
 from ffpipe.data.dataset import Dataset, Split
 from ffpipe.data.info import data_info, format_info
@@ -21,4 +21,5 @@ __all__ = [
     "load_dataset",
     "load_for_config",
     "num_batches",
+    "to_device",
 ]

@@ -26,7 +26,8 @@ stream each (k = 1 is the papers' setting).
 
 Negative sampling lives here, at the head of the network, with a generator seeded by (seed, step) only, so
 the stream of packets is the same whatever the partition into stages and wherever a run was resumed, even
-in the middle of an epoch.
+in the middle of an epoch. Batches and wrong labels are drawn on the CPU and copied to the device
+(`ffpipe.data.batches.to_device`), so a GPU run sees the very batches and negatives of a CPU run.
 The network input gets the same RMS normalization as every block output (seed 000 eq. 2).
 """
 
@@ -40,7 +41,7 @@ import torch
 
 from ffpipe.config import Config
 from ffpipe.config.sections import WireDtype
-from ffpipe.data import Dataset, Split, epoch_batches, num_batches
+from ffpipe.data import Dataset, Split, epoch_batches, num_batches, to_device
 from ffpipe.ff.labels import make_encoder, sample_distinct_negatives
 from ffpipe.ff.norm import network_input
 
@@ -165,12 +166,15 @@ class PacketSource:
         seed = self.cfg.train.seed
         first_step = (epoch - 1) * self.steps_per_epoch
         batches = epoch_batches(self.dataset.train, self.cfg.data.batch_size, seed=seed, epoch=epoch,
-                                device=self.device, start_batch=start_step)
-        gen = torch.Generator(device=self.device)
+                                start_batch=start_step)
+        gen = torch.Generator()
         for i, (x, y) in enumerate(batches, start=start_step):
+            wrong = []
             if self.overlays:
                 gen.manual_seed(derived_seed(seed, first_step + i + 1))
                 wrong = sample_distinct_negatives(y, self.dataset.num_classes, self.negatives, gen)
+            x, y, *wrong = (to_device(t, self.device) for t in (x, y, *wrong))
+            if self.overlays:
                 streams = [self.encoder.encode(x, y)] + [self.encoder.encode(x, y_neg) for y_neg in wrong]
                 if self.neutral:
                     streams.append(self.encoder.neutral(x))

@@ -120,7 +120,8 @@ def _build(cfg: Config, topology: Topology, control: Control, run_dir: Path, ave
         model = Model.build(cfg, topology.device, control.get("partition/seconds") if measured else None)
     owns_head = [any(i in readout_blocks(cfg, model.num_blocks) for i in range(first, last)) and
                  cfg.head.mode != "none" for first, last in model.bounds]
-    wire = {"depth": cfg.pipeline.queue_depth, "device": topology.device, "abort_check": control.error}
+    wire = {"depth": cfg.pipeline.queue_depth, "device": topology.device, "abort_check": control.error,
+            "timeout_s": cfg.pipeline.timeout_s}
     links = Links(prev=Receiver(topology.previous, **wire) if topology.previous is not None else None,
                   next=Sender(topology.next, **wire) if topology.next is not None else None,
                   head=HeadChannel(cfg, topology, owns_head, **wire, group=backward_group))

@@ -18,7 +18,10 @@ that exits closes its sockets; gloo then fails the pending works and the error s
 
 On CUDA (NCCL) each background thread runs on its own stream and synchronizes it after `wait()`, so a
 delivered tensor is complete for any stream; a buffer handed back to the pool carries an event of the
-caller's stream, which the pump waits on before receiving into it again.
+caller's stream, which the pump waits on before receiving into it again. CUDA tensors over gloo (stages
+sharing one GPU, `topology.choose_device`) travel through host memory: gloo's send and receive take CPU
+tensors only. The background threads do the copies on their own streams (a send's copy first waits for an
+event of the caller's stream), so the caller still never waits for the device.
 
 NCCL's pair semantics on the CPU (`FFPIPE_EMULATE_NCCL=1`, for tests): ProcessGroupNCCL runs every send and
 receive between two ranks of one process group on one in-order stream, whatever their direction, so a
@@ -168,6 +171,15 @@ def _complete(works: list, device: torch.device) -> None:
         torch.cuda.current_stream(device).synchronize()
 
 
+def _to_host(tensors: list[torch.Tensor], ready: torch.cuda.Event) -> list[torch.Tensor]:
+    """Pinned host copies of `tensors` once the caller's stream has reached `ready` (on this thread's stream)."""
+    stream = torch.cuda.current_stream()
+    stream.wait_event(ready)
+    hosts = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in tensors]
+    stream.synchronize()
+    return hosts
+
+
 def _use_own_stream(device: torch.device) -> None:
     """Give a background thread its own CUDA stream, so its waits never stall the caller's stream."""
     if device.type == "cuda":
@@ -196,6 +208,7 @@ class _Endpoint:
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
+        self.host_staged = self.device.type == "cuda" and dist.get_backend(group) != "nccl"
         self.timeout_s, self.abort_check = timeout_s, abort_check
         self.cond = threading.Condition()
         self.error: BaseException | None = None
@@ -324,14 +337,20 @@ class Sender:
                 else:
                     held.append(t.detach().contiguous())
         buffers = [envelope.buffer, *pooled[1:], *held]
+        staged = None  # host-staged: the completion thread copies and sends, after the caller's stream
         try:
-            works = [_isend(t, end.peer, end.group) for t in buffers if t.numel()]
+            if end.host_staged:
+                staged = torch.cuda.Event()
+                staged.record()
+                works = [t for t in buffers if t.numel()]
+            else:
+                works = [_isend(t, end.peer, end.group) for t in buffers if t.numel()]
         except RuntimeError as exc:
             end.fail_from(exc, f"sending {kind.name} step {step}")
             raise end.error from None
         with end.cond:
             self._in_flight += 1
-            self._pending.append((kind, works, pooled, held))
+            self._pending.append((kind, works, staged, pooled, held))
             end.cond.notify_all()
         self._bytes += sum(t.numel() * t.element_size() for t in buffers)
         self._messages += 1
@@ -363,8 +382,10 @@ class Sender:
         while True:
             with end.cond:
                 end.cond.wait_for(lambda: self._pending)
-                kind, works, pooled, _ = self._pending[0]
+                kind, works, staged, pooled, _ = self._pending[0]
             try:
+                if staged is not None:
+                    works = [_isend(t, end.peer, end.group) for t in _to_host(works, staged)]
                 _complete(works, end.device)
             except BaseException as exc:
                 end.fail_from(exc, f"sending {kind.name}")
@@ -453,6 +474,18 @@ class Receiver:
         self._pool.give_back(self._lent, event)
         self._lent = []
 
+    def _receive_into(self, tensors: list[torch.Tensor]) -> None:
+        """Receive the next tensors from the peer into `tensors`, through pinned host buffers when staged."""
+        end = self._end
+        if not end.host_staged:
+            _complete([_irecv(t, end.peer, end.group) for t in tensors], end.device)
+            return
+        hosts = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+        _complete([_irecv(h, end.peer, end.group) for h in hosts], torch.device("cpu"))
+        for t, h in zip(tensors, hosts):
+            t.copy_(h, non_blocking=True)
+        torch.cuda.current_stream(end.device).synchronize()
+
     def _pump(self) -> None:
         end = self._end
         _use_own_stream(end.device)
@@ -463,7 +496,7 @@ class Receiver:
                     end.cond.wait_for(lambda: self._held < end.depth)
                     self._held += 1
                 envelope = self._pool.envelope(size)
-                _complete([_irecv(envelope.buffer, end.peer, end.group)], end.device)
+                self._receive_into([envelope.buffer])
                 header = decode_header(envelope.header(), end.peer)
                 buffers, nbytes = [envelope], size
                 if header.inline:
@@ -471,7 +504,7 @@ class Receiver:
                 else:
                     what = f"receiving the tensors of {header.kind.name} step {header.step}"
                     tensors = [self._pool.tensor(shape, dtype) for shape, dtype in header.specs]
-                    _complete([_irecv(t, end.peer, end.group) for t in tensors if t.numel()], end.device)
+                    self._receive_into([t for t in tensors if t.numel()])
                     buffers += tensors
                     nbytes += sum(t.numel() * t.element_size() for t in tensors)
                 message = Message(header.kind, header.step, header.epoch, tensors, header.tags)
