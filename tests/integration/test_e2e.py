@@ -1,9 +1,9 @@
 """Short end-to-end runs beat accuracy floors far above chance (10%) on the embedded Fashion-MNIST slice.
 
 Floors were calibrated from 5 runs (seeds 0-4) of exactly these configs on the 2-core CPU machine; observed
-(min..max) test accuracy, floor: `default.yaml` for 2 of its 8 epochs: linear 0.794..0.813, 0.72; goodness
-readout 0.644..0.704, 0.55; last-epoch `acc_pair` of the trained blocks 1-3 0.858..0.914, 0.80, while the
-fixed random block 0 stays at 0.502..0.524 (the old `bce` default stayed at 0.50 in every block);
+(min..max) test accuracy, floor: `default.yaml` for 1 of its 8 epochs: linear 0.746..0.800, 0.65; goodness
+readout 0.524..0.615, 0.42; the epoch's mean `acc_pair` of the trained blocks 1-3 0.703..0.806, 0.62, while
+the fixed random block 0 stays at 0.497..0.519 (the old `bce` default stayed at 0.50 in every block);
 group_ce linear 0.783..0.804, 0.70;
 group_ce group readout 0.291..0.582 (it is noisy after 60 steps), 0.20; MLP head (joint and local give the
 same numbers here, one readout slice) 0.599..0.653, 0.52; the 5-block residual net (60 steps of 50) group
@@ -50,15 +50,14 @@ def test_short_run_beats_floor(name, tmp_path):
 def test_default_learns_as_ff(tmp_path):
     """The default overlay FF-CNN learns as FF: its blocks separate positive from negative data and the
     goodness readout (10 overlay passes, no trained head) is far above chance, not only the linear head."""
-    cfg = load_config(ROOT / "configs" / "default.yaml", ["train.progress=false", "train.epochs=2",
-                                                          "train.eval_every=2"])
+    cfg = load_config(ROOT / "configs" / "default.yaml", ["train.progress=false", "train.epochs=1"])
     summary = train(cfg, out=str(tmp_path / "default"))
-    assert summary["test"]["linear"] >= 0.72, summary["test"]
-    assert summary["test"]["goodness"] >= 0.55, summary["test"]
+    assert summary["test"]["linear"] >= 0.65, summary["test"]
+    assert summary["test"]["goodness"] >= 0.42, summary["test"]
     last = [r for r in read_records(tmp_path / "default" / "metrics.jsonl") if r["kind"] == "epoch"][-1]
     pairs = [block["acc_pair"] for block in last["blocks"]]
-    assert min(pairs[1:]) >= 0.80, pairs
-    assert pairs[0] < 0.6, pairs  # loss.exclude_first: block 0 is a fixed random conv
+    assert min(pairs[1:]) >= 0.62, pairs
+    assert pairs[0] < 0.58, pairs  # loss.exclude_first: block 0 is a fixed random conv
 
 
 @pytest.mark.parametrize("mode", ["joint", "local"])

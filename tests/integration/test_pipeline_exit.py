@@ -31,7 +31,7 @@ def torchrun(cfg: Path, out: Path, stages: int, emulate_nccl: bool = False) -> s
                           env={**os.environ, "OMP_NUM_THREADS": "1", "FFPIPE_EMULATE_NCCL": str(int(emulate_nccl))})
 
 
-@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("stages", [3])  # P = 2 under the emulation: test_pipeline's joint-head test
 def test_completed_joint_head_runs_exit_zero_every_time(tmp_path, tiny_config, stages):
     cfg = tiny_config("joint")
     for emulate in (False, True):
