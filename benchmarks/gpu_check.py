@@ -1,10 +1,10 @@
 """The first run on a GPU: does ffpipe's GPU path work, and what does an FF step cost there against BP?
 
 Three checks, each a section of `results.json` and `results.md` in the output folder:
-1. step: the sequential FF step (`SequentialRunner.train_step`, every stage) and its BP twin's step
-   (`ffpipe.baselines.model.train_step`) of cnn14 and resnet17 at full width (`configs/fashion_mnist_*.yaml`,
-   batch 128, 32x32), on the embedded Fashion-MNIST slice so that no download is needed: samples/s and the
-   peak allocated device memory. DeeperForward reports its FF 1.43x faster than BP per epoch on one GPU.
+1. step: the sequential FF step and its BP twin's step (`ffpipe.lab.bench.steps`) of cnn14 and resnet17 at
+   full width (`configs/fashion_mnist_*.yaml`, batch 128, 32x32), on the embedded Fashion-MNIST slice so that
+   no download is needed: samples/s and the peak allocated device memory. DeeperForward reports its FF 1.43x
+   faster than BP per epoch on one GPU.
 2. determinism: two identical FF runs (`torch.use_deterministic_algorithms`) must end with identical weights.
 3. pipeline: `ffpipe train --stages P` with every stage on the one device (on a GPU they share it over gloo,
    the wire staging activations through host memory), the residual net at P = 2 and the joint-head default
@@ -32,14 +32,10 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuB
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from ffpipe.baselines.ddp import autocast_for  # noqa: E402
-from ffpipe.baselines.model import build_bp_model, train_step  # noqa: E402
 from ffpipe.config import load_config, to_dict  # noqa: E402
-from ffpipe.ff.optim import make_optimizer  # noqa: E402
 from ffpipe.lab.bench.runner import machine  # noqa: E402
-from ffpipe.pipeline.topology import choose_device  # noqa: E402
+from ffpipe.lab.bench.steps import bp_step, ff_step  # noqa: E402
 from ffpipe.run.checkpoint import diff_checkpoints  # noqa: E402
-from ffpipe.run.model import Model  # noqa: E402
 from ffpipe.run.records import BlockMeter, read_records  # noqa: E402
 from ffpipe.run.sequential import SequentialRunner  # noqa: E402
 
@@ -55,62 +51,6 @@ def overrides(name: str, device: str, quick: bool) -> list[str]:
     if quick:
         extra += [f"model.width={[max(10, w // 10) for w in cfg.model.width]}", "data.batch_size=32"]
     return extra
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_bytes(device: torch.device) -> int | None:
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-
-
-def ff_step(name: str, device: str, quick: bool, warmup: int, steps: int) -> dict:
-    runner = SequentialRunner(load_config(CONFIGS[name], overrides(name, device, quick)))
-    dev, batch = runner.model.device, runner.cfg.data.batch_size
-    packets = runner.source.train_packets(epoch=1)
-    drawn = [next(packets) for _ in range(warmup + steps)]
-    meters = [BlockMeter(stage.stat_names) for stage in runner.stages]
-    for packet in drawn[:warmup]:
-        runner.train_step(packet, meters)
-    synchronize(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    for packet in drawn[warmup:]:
-        runner.train_step(packet, meters)
-    synchronize(dev)
-    seconds = time.perf_counter() - t0
-    return {"samples_per_s": steps * batch / seconds, "step_ms": 1000 * seconds / steps, "peak_bytes": peak_bytes(dev)}
-
-
-def bp_step(name: str, device: str, quick: bool, warmup: int, steps: int) -> dict:
-    cfg = load_config(CONFIGS[name], overrides(name, device, quick))
-    ff = Model.build(cfg, choose_device(cfg.train.device)[0])  # the FF run's data, device and packets
-    dev, data = ff.device, ff.dataset
-    model = build_bp_model(cfg, data.image_shape, data.num_classes).to(dev)
-    o = cfg.optim
-    optimizer = make_optimizer(model.parameters(), o.name, o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    autocast = autocast_for(cfg, dev)
-    packets = ff.source().train_packets(epoch=1)
-    drawn = [next(packets) for _ in range(warmup + steps)]  # group_ce packets are the plain images
-
-    def run(packets) -> None:
-        for packet in packets:
-            model.set_step(packet.step)
-            train_step(model, optimizer, packet.x, packet.y, autocast)
-
-    run(drawn[:warmup])
-    synchronize(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    run(drawn[warmup:])
-    synchronize(dev)
-    seconds = time.perf_counter() - t0
-    return {"samples_per_s": steps * cfg.data.batch_size / seconds, "step_ms": 1000 * seconds / steps,
-            "peak_bytes": peak_bytes(dev)}
 
 
 def _tensors(state) -> list[torch.Tensor]:
@@ -213,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     warmup, steps = (1, 2) if args.quick else (5, 20)
     t0 = time.perf_counter()
-    step = {name: {"ff": ff_step(name, args.device, args.quick, warmup, steps),
-                   "bp": bp_step(name, args.device, args.quick, warmup, steps)} for name in CONFIGS}
+    step = {}
+    for name in CONFIGS:
+        cfg = load_config(CONFIGS[name], overrides(name, args.device, args.quick))
+        step[name] = {"ff": ff_step(cfg, warmup, steps), "bp": bp_step(cfg, warmup, steps)}
     resnet = overrides("resnet17", args.device, args.quick)
     runs = [pipeline("resnet17", CONFIGS["resnet17"], resnet, 2, 4 if args.quick else 30, out / "runs")]
     if not args.quick:

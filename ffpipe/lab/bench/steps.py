@@ -1,0 +1,93 @@
+"""One training step, timed alone: the FF-sequential step against its BP twin's, on the same batches.
+
+The throughput benchmark reads whole epochs of real runs; this times the steps themselves, for the question
+"what does an FF step cost against a BP step" (`benchmarks/step_ratio.py`, `benchmarks/gpu_check.py`).
+Both methods train on the same batches, drawn before the clock starts (FF: its packets; BP: the batches its
+own runs draw, `epoch_batches`), so data loading is outside the clock; the device is synchronized before and
+after the timed steps.
+
+    python -m ffpipe.lab.bench.steps ff|bp CONFIG.yaml WARMUP STEPS     # prints one JSON object
+runs one measurement in a fresh process (what `step_ratio` does, so that FF and BP never share an allocator
+or caches).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+
+from ffpipe.baselines.ddp import autocast_for
+from ffpipe.baselines.model import build_bp_model, train_step
+from ffpipe.config import Config, load_config
+from ffpipe.data import epoch_batches, load_for_config
+from ffpipe.ff.optim import make_optimizer
+from ffpipe.pipeline.topology import choose_device
+from ffpipe.run.records import BlockMeter
+from ffpipe.run.sequential import SequentialRunner
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(run, packets: list, warmup: int, device: torch.device, batch: int) -> dict:
+    """Run `warmup` packets, then time the rest; samples/s, ms per step and the peak device memory."""
+    run(packets[:warmup])
+    _synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    run(packets[warmup:])
+    _synchronize(device)
+    seconds, steps = time.perf_counter() - t0, len(packets) - warmup
+    return {"samples_per_s": steps * batch / seconds, "step_ms": 1000 * seconds / steps,
+            "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
+
+
+def ff_step(cfg: Config, warmup: int, steps: int) -> dict:
+    """Every stage of the sequential trainer, one after the other (`SequentialRunner.train_step`)."""
+    runner = SequentialRunner(cfg)
+    source = runner.source.train_packets(epoch=1)
+    packets = [next(source) for _ in range(warmup + steps)]
+    meters = [BlockMeter(stage.stat_names) for stage in runner.stages]
+
+    def run(batch: list) -> None:
+        for packet in batch:
+            runner.train_step(packet, meters)
+
+    return _timed(run, packets, warmup, runner.model.device, cfg.data.batch_size)
+
+
+def bp_step(cfg: Config, warmup: int, steps: int) -> dict:
+    """The BP twin (`ffpipe.baselines.model`) on the batches its own runs draw, one optimizer for the net."""
+    device = choose_device(cfg.train.device)[0]
+    data = load_for_config(cfg.data)
+    batches = epoch_batches(data.train, cfg.data.batch_size, seed=cfg.train.seed, epoch=1, device=device)
+    drawn = [(step, *next(batches)) for step in range(1, warmup + steps + 1)]
+    model = build_bp_model(cfg, data.image_shape, data.num_classes).to(device)
+    o = cfg.optim
+    optimizer = make_optimizer(model.parameters(), o.name, o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    autocast = autocast_for(cfg, device)
+
+    def run(batch: list) -> None:
+        for step, x, y in batch:
+            model.set_step(step)
+            train_step(model, optimizer, x, y, autocast)
+
+    return _timed(run, drawn, warmup, device, cfg.data.batch_size)
+
+
+def main(argv: list[str]) -> int:
+    method, path, warmup, steps = argv
+    torch.set_num_threads(1)
+    measure = {"ff": ff_step, "bp": bp_step}[method]
+    print(json.dumps(measure(load_config(path), int(warmup), int(steps))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
