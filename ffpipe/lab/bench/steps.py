@@ -6,9 +6,10 @@ Both methods train on the same batches, drawn before the clock starts (FF: its p
 own runs draw, `epoch_batches`), so data loading is outside the clock; the device is synchronized before and
 after the timed steps.
 
-    python -m ffpipe.lab.bench.steps ff|bp CONFIG.yaml WARMUP STEPS     # prints one JSON object
+    python -m ffpipe.lab.bench.steps ff|bp CONFIG.yaml WARMUP STEPS [PROFILE.txt]   # prints one JSON object
 runs one measurement in a fresh process (what `step_ratio` does, so that FF and BP never share an allocator
-or caches).
+or caches); with PROFILE.txt the timed steps run a second time under the torch profiler, whose operator
+table (self CPU time) is written there: where the time goes, kernel by kernel.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -34,8 +36,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(run, packets: list, warmup: int, device: torch.device, batch: int) -> dict:
-    """Run `warmup` packets, then time the rest; samples/s, ms per step and the peak device memory."""
+def _timed(run, packets: list, warmup: int, device: torch.device, batch: int, profile: str | None = None) -> dict:
+    """Run `warmup` packets, then time the rest; samples/s, ms per step and the peak device memory. With
+    `profile`, the timed packets run once more under the torch profiler, its table written there."""
     run(packets[:warmup])
     _synchronize(device)
     if device.type == "cuda":
@@ -44,11 +47,16 @@ def _timed(run, packets: list, warmup: int, device: torch.device, batch: int) ->
     run(packets[warmup:])
     _synchronize(device)
     seconds, steps = time.perf_counter() - t0, len(packets) - warmup
+    if profile:
+        with torch.profiler.profile() as prof:
+            run(packets[warmup:])
+        Path(profile).write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25,
+                                                           max_name_column_width=48) + "\n")
     return {"samples_per_s": steps * batch / seconds, "step_ms": 1000 * seconds / steps,
             "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
 
 
-def ff_step(cfg: Config, warmup: int, steps: int) -> dict:
+def ff_step(cfg: Config, warmup: int, steps: int, profile: str | None = None) -> dict:
     """Every stage of the sequential trainer, one after the other (`SequentialRunner.train_step`)."""
     runner = SequentialRunner(cfg)
     source = runner.source.train_packets(epoch=1)
@@ -59,10 +67,10 @@ def ff_step(cfg: Config, warmup: int, steps: int) -> dict:
         for packet in batch:
             runner.train_step(packet, meters)
 
-    return _timed(run, packets, warmup, runner.model.device, cfg.data.batch_size)
+    return _timed(run, packets, warmup, runner.model.device, cfg.data.batch_size, profile)
 
 
-def bp_step(cfg: Config, warmup: int, steps: int) -> dict:
+def bp_step(cfg: Config, warmup: int, steps: int, profile: str | None = None) -> dict:
     """The BP twin (`ffpipe.baselines.model`) on the batches its own runs draw, one optimizer for the net."""
     device = choose_device(cfg.train.device)[0]
     data = load_for_config(cfg.data)
@@ -78,14 +86,14 @@ def bp_step(cfg: Config, warmup: int, steps: int) -> dict:
             model.set_step(step)
             train_step(model, optimizer, x, y, autocast)
 
-    return _timed(run, drawn, warmup, device, cfg.data.batch_size)
+    return _timed(run, drawn, warmup, device, cfg.data.batch_size, profile)
 
 
 def main(argv: list[str]) -> int:
-    method, path, warmup, steps = argv
+    method, path, warmup, steps, *profile = argv
     torch.set_num_threads(1)
     measure = {"ff": ff_step, "bp": bp_step}[method]
-    print(json.dumps(measure(load_config(path), int(warmup), int(steps))))
+    print(json.dumps(measure(load_config(path), int(warmup), int(steps), *profile)))
     return 0
 
 
