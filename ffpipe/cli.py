@@ -46,6 +46,7 @@ def load_cli_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     """Sequential in this process, one worker of a torchrun job, or a pipeline this process starts."""
     from ffpipe.pipeline import launch
+    from ffpipe.run.console import final_line
     from ffpipe.run.loop import run_dir_for
     from ffpipe.run.sequential import train
 
@@ -60,9 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.pipeline.stages * cfg.pipeline.replicas > 1 and not args.sequential:
         return launch.spawn(args.argv, cfg, str(run_dir_for(cfg, args.out)))
     summary = train(cfg, out=args.out, resume=args.resume)
-    test = summary["test"]
-    shown = {k: round(v, 4) for k, v in test.items() if isinstance(v, float)}
-    print(f"run: {summary['run_dir']}  steps: {summary['step']}  test accuracy: {shown}")
+    print(final_line(summary["run_dir"], summary["step"], summary["test"]))
     return 0
 
 

@@ -33,6 +33,7 @@ from ffpipe.pipeline.topology import Topology
 from ffpipe.pipeline.wire import PeerError, Receiver, Sender, configure_process, emulating_nccl
 from ffpipe.pipeline.worker import Links, StageWorker
 from ffpipe.run import loop
+from ffpipe.run.console import final_line
 from ffpipe.run.loop import run_dir_for
 from ffpipe.run.model import Model
 
@@ -59,8 +60,7 @@ def run_worker(cfg: Config, out: str | None, resume: bool) -> int:
         if topology.drives:
             summary = loop.train(PipelineRunner(worker, topology, control), run_dir, resume)
             if topology.leader:
-                shown = {k: round(v, 4) for k, v in summary["test"].items() if isinstance(v, float)}
-                print(f"run: {run_dir}  steps: {summary['step']}  test accuracy: {shown}")
+                print(final_line(run_dir, summary["step"], summary["test"]))
         else:
             start_stage(worker, run_dir, resume)
             worker.follow()

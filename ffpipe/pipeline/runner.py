@@ -97,7 +97,8 @@ class PipelineRunner:
                   "peak_memory_bytes": max(r["peak_memory_bytes"] for r in rows),
                   "train_memory_bytes": max(r["train_memory_bytes"] for r in rows),
                   "peak_tensor_bytes": max((r["peak_tensor_bytes"] for r in rows), key=lambda v: v or -1),
-                  "head_train_acc": result["head_correct"] / samples if samples else None,
+                  "head_train_acc": result["head_correct"] / samples if samples and self.cfg.head.mode != "none"
+                  else None,
                   "blocks": [b for r in rows for b in r["blocks"]], "stages": [stage_summary(r) for r in rows],
                   "bottleneck": {"bound_samples_per_s": bound, "fraction": achieved / bound if bound else 0.0,
                                  "slowest_stage": per_step.index(max(per_step))}}

@@ -31,6 +31,20 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return "nan" if math.isnan(value) else format(value, spec)
 
 
+READOUT_NAMES = {"goodness": "goodness readout", "goodness_selected": "goodness readout (blocks chosen on val)",
+                 "group": "group readout", "group_selected": "group readout (blocks chosen on val)",
+                 "linear": "linear head", "bp": "backprop"}
+"""The readouts in words, FF's own first (goodness, group), then the trained linear head."""
+
+
+def final_line(run_dir, steps: int, test: dict) -> str:
+    """The sentence a finished run ends with: where it is, and each test accuracy in percent."""
+    shown = sorted((name for name, v in test.items() if isinstance(v, float) and name not in NOT_ACCURACIES),
+                   key=lambda name: (list(READOUT_NAMES).index(name) if name in READOUT_NAMES else len(READOUT_NAMES)))
+    accuracies = ", ".join(f"{READOUT_NAMES.get(name, name)} {100 * test[name]:.1f}%" for name in shown)
+    return f"finished {run_dir} after {steps} steps; test accuracy: {accuracies or 'none measured'}"
+
+
 def _readouts_line(label: str, results: dict) -> str:
     parts = []
     for name, value in results.items():

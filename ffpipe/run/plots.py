@@ -56,15 +56,19 @@ def _color(i: int) -> str:
 def _readout_series(records: list[dict], key: str) -> dict[str, tuple[list[int], list[float]]]:
     """`{readout name: (epochs, accuracies)}`; a list-valued readout (early exits) becomes `exit 1..K`.
 
-    Entries that are not numbers (an exit a stage does not offer is `None`) are skipped.
+    Entries that are not numbers (an exit a stage does not offer is `None`) are skipped, and so is the last
+    exit beside a linear readout: it is the whole head, the linear readout itself, and would hide its line.
     """
     series: dict[str, tuple[list[int], list[float]]] = {}
     for r in records:
-        for name, value in (r.get(key) or {}).items():
+        readouts = r.get(key) or {}
+        for name, value in readouts.items():
             if name in NOT_ACCURACIES or name.endswith(("_ranges", "_range", "_blocks")):
                 continue
             for k, v in enumerate(value if isinstance(value, list) else [value], 1):
                 if isinstance(v, bool) or not isinstance(v, int | float):
+                    continue
+                if isinstance(value, list) and k == len(value) and "linear" in readouts:
                     continue
                 label = f"{name} {k}" if isinstance(value, list) else name
                 xs, ys = series.setdefault(label, ([], []))
@@ -103,7 +107,12 @@ def plot_curves(records: list[dict], path: str | os.PathLike) -> Path:
         for key in shown:
             ls, name = styles[key]
             axes[1].plot(epochs, block_values(i, key), marker=".", color=c, ls=ls, label=f"block {i} {name}")
-    axes[0].set(title="FF loss per block", xlabel="epoch", ylabel="loss")
+    # log scale: one block's loss (an untrained first block's ~37) would otherwise flatten every other curve
+    losses = [v for i in range(num_blocks) for v in block_values(i, "loss") if v == v]
+    log = bool(losses) and min(losses) > 0
+    if log:
+        axes[0].set_yscale("log")
+    axes[0].set(title=f"FF loss per block{' (log scale)' if log else ''}", xlabel="epoch", ylabel="loss")
     legend = ", ".join(f"{styles[k][1]} {dict(zip(['-', ':', '--'], ['solid', 'dotted', 'dashed']))[styles[k][0]]}"
                        for k in shown)
     axes[1].set(title=f"local accuracy per block ({legend})", xlabel="epoch", ylabel="accuracy")

@@ -117,7 +117,7 @@ class SequentialRunner:
         e = self._epoch
         train_s, seen = e["train_s"], e["seen"]
         fields = {"train_s": train_s, "samples_per_s": seen / train_s if train_s > 0 else 0.0,
-                  "head_train_acc": float(e["correct"]) / seen if seen else None,
+                  "head_train_acc": float(e["correct"]) / seen if seen and self.cfg.head.mode != "none" else None,
                   "blocks": [row for meter in e["meters"] for row in meter.rows(e["seconds"])], **self.memory.read()}
         val = evaluate(self.cfg, self.stages, self.source, self.model.dataset.val).result() if evaluate_now else None
         return fields, val

@@ -206,5 +206,12 @@ def test_curve_series_are_accuracies_only():
     from ffpipe.run.plots import _readout_series
 
     series = _readout_series([_record(1), _record(2)], "val")
-    assert sorted(series) == ["exit 2", "exit 3", "goodness", "linear"]
+    assert sorted(series) == ["exit 2", "goodness", "linear"]  # the last exit is the linear head itself
     assert series["exit 2"] == ([1, 2], [pytest.approx(0.71), pytest.approx(0.72)])
+
+
+def test_a_finished_run_ends_with_a_sentence():
+    from ffpipe.run.console import final_line
+
+    line = final_line("runs/x", 800, {"linear": 0.845, "goodness": 0.778, "n": 1000, "exit": [None, 0.845]})
+    assert line == "finished runs/x after 800 steps; test accuracy: goodness readout 77.8%, linear head 84.5%"
