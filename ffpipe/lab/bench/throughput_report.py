@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ffpipe.lab.bench.models import MODELS
 from ffpipe.run.plots import save_png, subplots
 
 MiB = 2**20
@@ -114,9 +115,10 @@ def _tta(tta: dict | None, cores: int) -> list[str]:
         return ["## Time to accuracy", "", "Not measured in this invocation (--no-tta, or --quick).", ""]
     methods = tta["methods"]
     lines = ["## Time to accuracy", "",
-             f"Wide MLP 4x{tta['width']}, global batch {tta['batch']}, up to {tta['epochs']} epochs, validation after "
-             "every epoch; time = cumulative training seconds (sum of the epoch records' train_s; start-up and "
-             "evaluation excluded for both). FF read through its linear readout, BP through its classifier.", "",
+             f"{MODELS[tta['model']].title.format(w=tta['width'])} on {tta.get('dataset') or 'fashion_mnist_small'}, "
+             f"global batch {tta['batch']}, up to {tta['epochs']} epochs, validation after every epoch; time = "
+             "cumulative training seconds (sum of the epoch records' train_s; start-up and evaluation excluded for "
+             f"both). FF read through its {tta['readouts']['ff_pipeline']} readout, BP through its classifier.", "",
              "| run | readout | target | first epoch reaching it | training s to it | final val |",
              "|---|---|---|---|---|---|"]
     for m in methods.values():
