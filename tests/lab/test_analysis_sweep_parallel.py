@@ -27,5 +27,5 @@ def test_parallel_sweep_trains_in_subprocesses(tmp_path, monkeypatch):
         run = tmp_path / "sweep" / f"seed{seed}"
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert records[-1]["kind"] == "test" and records[0]["step"] == 2
-        assert "run:" in (run / "train.log").read_text()  # the subprocess's own output went to its log
+        assert "finished " in (run / "train.log").read_text()  # the subprocess's own output went to its log
     assert [o.status for o in run_sweep(plan, parallel=2)] == ["skipped", "skipped"]

@@ -204,7 +204,7 @@ def test_header_size_agrees_with_the_wire():
     from ffpipe.pipeline.wire import HEADER_BYTES as WIRE_HEADER
 
     assert HEADER_BYTES == WIRE_HEADER
-    assert activation_bytes(2000, 100) == 3 * 100 * 2000 * 4 + 100 * 8 + 16 + HEADER_BYTES
+    assert activation_bytes(2000, 100) == 3 * 100 * 2000 * 4 + 100 * 8 + HEADER_BYTES
 
 
 # -- measured times in, predictions out ------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from pathlib import Path
 from ffpipe.errors import FFPipeError
 from ffpipe.lab.sim.pipeline import StageSpec
 
-HEADER_BYTES = 1024  # ffpipe.pipeline.wire.HEADER_BYTES: 128 int64 (tests/test_sim.py checks they agree)
+HEADER_BYTES = 1088  # ffpipe.pipeline.wire.HEADER_BYTES: 136 int64 (tests/test_sim.py checks they agree)
 FORWARD_FRACTION = 0.5
 """Forward share of a block's step when only the sum is known (metrics.jsonl times forward + update together).
 From `ffpipe.ff.partition`'s cost model: the forward runs 3F over the stacked streams and the weight gradient 3F."""
@@ -42,9 +42,10 @@ _BLOCK_KEYS = {"forward_s", "update_s", "compute_s", "units", "out_bytes", "para
 
 
 def activation_bytes(units: int, batch: int, streams: int = 3) -> int:
-    """One packet on the wire: float32 activations (streams x batch x units), int64 labels, 2 int64 of meta and
-    the header. The running logits/scores (batch x classes, once heads are passed) are left out: they are small."""
-    return 4 * streams * batch * units + 8 * batch + 16 + HEADER_BYTES
+    """One packet on the wire: float32 activations (streams x batch x units), int64 labels and the header (which
+    carries the packet's metadata as tags). The running logits/scores (batch x classes, once heads are passed)
+    are left out: they are small."""
+    return 4 * streams * batch * units + 8 * batch + HEADER_BYTES
 
 
 @dataclass(frozen=True)
