@@ -234,5 +234,5 @@ def train_bp_distributed(cfg: Config, out: str | None = None) -> dict:
     try:
         summary = loop.train(BPRunner(cfg, topology), run_dir)
     finally:
-        topology_mod.leave()
+        topology_mod.leave(topology.device)
     return {**summary, "run_dir": summary["run_dir"] if topology.leader else None, "world_size": world}

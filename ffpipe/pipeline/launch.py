@@ -65,7 +65,7 @@ def run_worker(cfg: Config, out: str | None, resume: bool) -> int:
             start_stage(worker, run_dir, resume)
             worker.follow()
         worker.links.close()
-        topology_mod.leave()
+        topology_mod.leave(topology.device)
         return 0
     except BaseException as exc:
         caused_elsewhere = isinstance(exc, PeerError) and control.error()

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from ffpipe.errors import FFPipeError
+from ffpipe.pipeline.wire import synchronize_device
 
 
 def choose_device(want: str, local_rank: int = 0, local_world: int = 1) -> tuple[torch.device, str]:
@@ -159,10 +160,13 @@ def averager(group, replicas: int):
     return average
 
 
-def leave() -> None:
+def leave(device: torch.device) -> None:
     """The orderly end of a job: every rank meets once, after its channels have ended, so no rank tears the
     process group down while a peer's last collective is still in flight (that aborted torchrun workers with
-    SIGABRT), then the group goes."""
+    SIGABRT), then the group goes. First the device is synchronized as a whole, as NCCL sees it
+    (`wire.synchronize_device`): a send or receive still posted here would hang it, also under the CPU's
+    NCCL emulation, where the tests run pipelines."""
+    synchronize_device(device)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -28,7 +28,7 @@ receive between two ranks of one process group on one in-order stream, whatever 
 receive posted first blocks a later send on that pair until it completes; and `cudaDeviceSynchronize`
 waits for NCCL's kernels too. gloo has neither property, so a schedule that deadlocks under NCCL runs fine
 on gloo. Under the emulation every op of a (process group, rank pair) runs through one in-order queue here
-(`_PairQueue`), and `wait_for_posted` waits until every op this process posted has completed: what a
+(`_PairQueue`), and `synchronize_device` waits until every op this process posted has completed: what a
 device-wide synchronize would wait for. The pipeline's channels obey both rules by design (each direction
 of a rank pair on its own process group; no device-wide synchronize while ops are posted).
 
@@ -66,7 +66,7 @@ from ffpipe.pipeline.envelope import (
 )
 
 __all__ = ["Kind", "Message", "PeerError", "Receiver", "Sender", "configure_process", "emulating_nccl",
-           "wait_for_posted"]
+           "synchronize_device"]
 
 _POLL_S = 0.2  # how often a blocked caller runs abort_check
 _SWITCH_INTERVAL_S = 5e-4
@@ -144,11 +144,16 @@ class _PairQueue:
                 self._idle.notify_all()
 
 
-def wait_for_posted() -> None:
-    """What a device-wide synchronize waits for under NCCL: every send and receive this process has posted.
-    A no-op unless the NCCL emulation is on."""
-    with _PairQueue._idle:
-        _PairQueue._idle.wait_for(lambda: not _PairQueue._posted)
+def synchronize_device(device: torch.device) -> None:
+    """A device-wide synchronize as NCCL makes it: on CUDA `torch.cuda.synchronize`, which also waits for NCCL's
+    kernels, that is for every send and receive this process has posted; under the emulation, a wait until
+    every op posted through it has completed. It deadlocks wherever a peer still waits on this process, so
+    the only caller is `topology.leave`, after every channel of the run has ended."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    if emulating_nccl():
+        with _PairQueue._idle:
+            _PairQueue._idle.wait_for(lambda: not _PairQueue._posted)
 
 
 def _isend(tensor: torch.Tensor, peer: int, group):
