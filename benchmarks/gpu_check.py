@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from ffpipe.config import load_config, to_dict  # noqa: E402
-from ffpipe.lab.bench.runner import machine  # noqa: E402
+from ffpipe.lab.bench import runner  # noqa: E402
 from ffpipe.lab.bench.steps import bp_step, ff_step  # noqa: E402
 from ffpipe.run.checkpoint import diff_checkpoints  # noqa: E402
 from ffpipe.run.records import BlockMeter, read_records  # noqa: E402
@@ -84,12 +83,11 @@ def determinism(device: str, quick: bool, steps: int) -> dict:
 
 def ffpipe_train(cfg_path: Path, out: Path, stages: int, steps: int,
                  sequential: bool = False) -> tuple[int, float, str]:
-    cmd = [sys.executable, "-m", "ffpipe.cli", "train", "--config", str(cfg_path), "--stages", str(stages),
-           "--max-steps", str(steps), "--out", str(out), *(["--sequential"] if sequential else [])]
+    """`ffpipe train` as the benchmarks run it (`runner.ff_command`); (exit code, wall s, stderr tail)."""
+    cmd = runner.ff_command(cfg_path, stages, 1, steps, out) + (["--sequential"] if sequential else [])
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return done.returncode, time.perf_counter() - t0, (done.stdout + done.stderr)[-2000:]
+    code, err = runner.run_command(cmd, timeout=300)
+    return code, time.perf_counter() - t0, err
 
 
 def pipeline(name: str, cfg_path: Path, sets: list[str], stages: int, steps: int, work: Path) -> dict:
@@ -162,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         runs.append(pipeline("default-joint-head", ROOT / "configs" / "default.yaml",
                              [f"train.device={args.device}", "train.progress=false"], 3, 30, out / "runs"))
-    result = {"machine": {**machine(), "device": args.device,
+    result = {"machine": {**runner.machine(), "device": args.device,
                           "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None},
               "device": args.device, "quick": args.quick, "command": " ".join(["python benchmarks/gpu_check.py",
                                                                              *(argv or sys.argv[1:])]),

@@ -79,9 +79,12 @@ def configure_process() -> None:
     sys.setswitchinterval(_SWITCH_INTERVAL_S)
 
 
+_EMULATE_NCCL = os.environ.get("FFPIPE_EMULATE_NCCL") == "1"  # read once: every send and receive asks
+
+
 def emulating_nccl() -> bool:
     """Whether this process runs the wire under NCCL's pair semantics (`FFPIPE_EMULATE_NCCL=1`)."""
-    return os.environ.get("FFPIPE_EMULATE_NCCL") == "1"
+    return _EMULATE_NCCL
 
 
 class _QueuedWork:
@@ -151,21 +154,17 @@ def synchronize_device(device: torch.device) -> None:
     the only caller is `topology.leave`, after every channel of the run has ended."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    if emulating_nccl():
+    if _EMULATE_NCCL:
         with _PairQueue._idle:
             _PairQueue._idle.wait_for(lambda: not _PairQueue._posted)
 
 
-def _isend(tensor: torch.Tensor, peer: int, group):
-    if emulating_nccl():
-        return _PairQueue.post(group, peer, lambda: dist.isend(tensor, peer, group=group))
-    return dist.isend(tensor, peer, group=group)
-
-
-def _irecv(tensor: torch.Tensor, peer: int, group):
-    if emulating_nccl():
-        return _PairQueue.post(group, peer, lambda: dist.irecv(tensor, peer, group=group))
-    return dist.irecv(tensor, peer, group=group)
+def _post(op: Callable, tensor: torch.Tensor, peer: int, group):
+    """Start `op` (`dist.isend` or `dist.irecv`) of `tensor` with `peer`; under the emulation, in turn on the
+    pair's queue."""
+    if _EMULATE_NCCL:
+        return _PairQueue.post(group, peer, lambda: op(tensor, peer, group=group))
+    return op(tensor, peer, group=group)
 
 
 def _complete(works: list, device: torch.device) -> None:
@@ -349,7 +348,7 @@ class Sender:
                 staged.record()
                 works = [t for t in buffers if t.numel()]
             else:
-                works = [_isend(t, end.peer, end.group) for t in buffers if t.numel()]
+                works = [_post(dist.isend, t, end.peer, end.group) for t in buffers if t.numel()]
         except RuntimeError as exc:
             end.fail_from(exc, f"sending {kind.name} step {step}")
             raise end.error from None
@@ -390,7 +389,7 @@ class Sender:
                 kind, works, staged, pooled, _ = self._pending[0]
             try:
                 if staged is not None:
-                    works = [_isend(t, end.peer, end.group) for t in _to_host(works, staged)]
+                    works = [_post(dist.isend, t, end.peer, end.group) for t in _to_host(works, staged)]
                 _complete(works, end.device)
             except BaseException as exc:
                 end.fail_from(exc, f"sending {kind.name}")
@@ -483,10 +482,10 @@ class Receiver:
         """Receive the next tensors from the peer into `tensors`, through pinned host buffers when staged."""
         end = self._end
         if not end.host_staged:
-            _complete([_irecv(t, end.peer, end.group) for t in tensors], end.device)
+            _complete([_post(dist.irecv, t, end.peer, end.group) for t in tensors], end.device)
             return
         hosts = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
-        _complete([_irecv(h, end.peer, end.group) for h in hosts], torch.device("cpu"))
+        _complete([_post(dist.irecv, h, end.peer, end.group) for h in hosts], torch.device("cpu"))
         for t, h in zip(tensors, hosts):
             t.copy_(h, non_blocking=True)
         torch.cuda.current_stream(end.device).synchronize()

@@ -209,7 +209,6 @@ def render_label_grid(
     visible. Returns the path written. Encoding "none" has no overlay to show and is an error.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     if not encoder.overlays:
         raise FFPipeError(f"encoding {encoder.description} puts no label into the image: nothing to show")
@@ -224,7 +223,7 @@ def render_label_grid(
 
     columns = min(_MAX_COLUMNS, len(names))
     rows = math.ceil(len(names) / columns)
-    figure = Figure(
+    figure = _figure(
         figsize=(columns * _PANEL_INCHES, rows * (_PANEL_INCHES + 0.25) + 0.4), dpi=100, layout="constrained"
     )
     FigureCanvasAgg(figure)

@@ -21,31 +21,26 @@ from pathlib import Path
 
 import torch
 
-from ffpipe.baselines.ddp import autocast_for
-from ffpipe.baselines.model import build_bp_model, train_step
+from ffpipe.baselines.ddp import BPRunner
+from ffpipe.baselines.model import train_step
 from ffpipe.config import Config, load_config
-from ffpipe.data import epoch_batches, load_for_config
-from ffpipe.ff.optim import make_optimizer
-from ffpipe.pipeline.topology import choose_device
+from ffpipe.data import epoch_batches
+from ffpipe.pipeline.topology import Topology, choose_device
+from ffpipe.pipeline.wire import synchronize_device
 from ffpipe.run.records import BlockMeter
 from ffpipe.run.sequential import SequentialRunner
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _timed(run, packets: list, warmup: int, device: torch.device, batch: int, profile: str | None = None) -> dict:
     """Run `warmup` packets, then time the rest; samples/s, ms per step and the peak device memory. With
     `profile`, the timed packets run once more under the torch profiler, its table written there."""
     run(packets[:warmup])
-    _synchronize(device)
+    synchronize_device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     run(packets[warmup:])
-    _synchronize(device)
+    synchronize_device(device)
     seconds, steps = time.perf_counter() - t0, len(packets) - warmup
     if profile:
         with torch.profiler.profile() as prof:
@@ -71,22 +66,18 @@ def ff_step(cfg: Config, warmup: int, steps: int, profile: str | None = None) ->
 
 
 def bp_step(cfg: Config, warmup: int, steps: int, profile: str | None = None) -> dict:
-    """The BP twin (`ffpipe.baselines.model`) on the batches its own runs draw, one optimizer for the net."""
-    device = choose_device(cfg.train.device)[0]
-    data = load_for_config(cfg.data)
-    batches = epoch_batches(data.train, cfg.data.batch_size, seed=cfg.train.seed, epoch=1, device=device)
+    """The BP twin as `ffpipe train-bp` builds it (`BPRunner`, one process), on the batches its runs draw."""
+    runner = BPRunner(cfg, Topology(1, 1, device=choose_device(cfg.train.device)[0]))
+    batches = epoch_batches(runner.dataset.train, cfg.data.batch_size, seed=cfg.train.seed, epoch=1,
+                            device=runner.device)
     drawn = [(step, *next(batches)) for step in range(1, warmup + steps + 1)]
-    model = build_bp_model(cfg, data.image_shape, data.num_classes).to(device)
-    o = cfg.optim
-    optimizer = make_optimizer(model.parameters(), o.name, o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    autocast = autocast_for(cfg, device)
 
     def run(batch: list) -> None:
         for step, x, y in batch:
-            model.set_step(step)
-            train_step(model, optimizer, x, y, autocast)
+            runner.model.set_step(step)
+            train_step(runner.forward, runner.optimizer, x, y, runner.autocast)
 
-    return _timed(run, drawn, warmup, device, cfg.data.batch_size, profile)
+    return _timed(run, drawn, warmup, runner.device, cfg.data.batch_size, profile)
 
 
 def main(argv: list[str]) -> int:
