@@ -5,12 +5,9 @@
 
 Every net is `configs/fashion_mnist_resnet17_cpu.yaml`'s recipe (DeeperForward's CWConv blocks, group norm,
 AdamW + cosine) with only the model's depth, widths, strides and shortcuts changed, so depth and shortcuts are
-the only variables. The layout (our choice, extending DeeperForward's two nets to the other depths): four
-resolution groups of widths 20/40/80/160 (DeeperForward's / 5), each opened by a stride-2 conv, with
-1+1+1+1, 2+2+2+2, 4+3+3+4 (its CNN-14) and 5+4+4+4 (its ResNet-17) blocks. A residual net joins block i − 2's
-output to block i's for every even i ≥ 2, by CONCAT where the next block opens a group (so the width it reads
-doubles, as in ResNet-17) and by ADD elsewhere (zero-padding a narrower source); its plain twin has the same
-convs and no joins. Each net trains with `benchmarks/variants.py` (real `ffpipe train` runs, one at a time,
+the only variables. The layouts are `ffpipe.lab.bench.models.deep_layout`'s (widths 20/40/80/160, DeeperForward's
+/ 5), which the throughput depth sweep (`benchmarks/depth_sweep.py`) times as well. Each net trains with
+`benchmarks/variants.py` (real `ffpipe train` runs, one at a time,
 pipelined on `--stages` stages), and DIR gets its results.json/md plus:
 - depth.png: test accuracy (block range chosen on validation) against depth, plain vs residual, and the
   per-block validation group accuracy of every net (why depth does or does not help);
@@ -26,27 +23,24 @@ from pathlib import Path
 
 import variants
 
+from ffpipe.errors import FFPipeError
+from ffpipe.lab.bench.models import DEPTH_GROUPS, deep_layout
 from ffpipe.run.plots import save_png, subplots
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist_resnet17_cpu.yaml"
-WIDTHS = (20, 40, 80, 160)
-GROUPS = {4: (1, 1, 1, 1), 8: (2, 2, 2, 2), 14: (4, 3, 3, 4), 17: (5, 4, 4, 4)}
+WIDTH = 20  # DeeperForward's widths / 5
 
 
 def layout(depth: int, residual: bool) -> list[str]:
     """The `--set` overrides of one net of the study."""
-    if depth not in GROUPS:
-        raise SystemExit(f"depth {depth}: the study defines {sorted(GROUPS)}")
-    width, stride, openers = [], [], set()
-    for g, count in enumerate(GROUPS[depth]):
-        openers.add(len(width))
-        width += [WIDTHS[g]] * count
-        stride += [2 if g else 1] + [1] * (count - 1)
-    shortcuts = [[dst - 2, dst, "concat" if dst + 1 in openers else "add"] for dst in range(2, depth, 2)]
+    try:
+        multiples, stride, joins = deep_layout(depth, residual)
+    except FFPipeError as exc:
+        raise SystemExit(str(exc)) from None
+    width = [WIDTH * m for m in multiples]
     sets = [f"model.depth={depth}", f"model.width={width}".replace(" ", ""),
             f"model.stride={stride}".replace(" ", "")]
-    shortcut_text = ",".join(f"[{a},{b},{k}]" for a, b, k in shortcuts) if residual else ""
-    return sets + [f"model.shortcuts=[{shortcut_text}]"]
+    return sets + ["model.shortcuts=[" + ",".join(f"[{a},{b},{k}]" for a, b, k in joins) + "]"]
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -58,7 +52,7 @@ def plot(rows: list[dict], path: Path) -> None:
             axes[1].plot(range(len(r["val_blocks"])), r["val_blocks"], marker=".", linestyle="-" if kind == "plain"
                          else "--", label=f"{kind} {r['depth']}")
     axes[0].set(title="test accuracy, block range chosen on validation", xlabel="blocks", ylabel="accuracy",
-                xticks=sorted(GROUPS))
+                xticks=sorted(DEPTH_GROUPS))
     axes[0].legend()
     axes[1].set(title="validation group accuracy of each block alone", xlabel="block", ylabel="accuracy")
     axes[1].legend(fontsize=7, ncol=2)
@@ -69,7 +63,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--depths", type=int, nargs="+", default=sorted(GROUPS))
+    parser.add_argument("--depths", type=int, nargs="+", default=sorted(DEPTH_GROUPS))
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--subset", type=int, default=None, help="data.train_subset (default: the full split)")
     parser.add_argument("--stages", type=int, default=2)

@@ -33,12 +33,42 @@ class Model:
     head: str = HEAD
 
 
-def _deep(layout: str, depth: int, title: str) -> Model:
-    """A DeeperForward-style group-goodness net (CWConv blocks, group norm, no bias, kaiming), widths w..8w."""
+DEPTH_GROUPS = {4: (1, 1, 1, 1), 8: (2, 2, 2, 2), 14: (4, 3, 3, 4), 17: (5, 4, 4, 4)}
+"""Blocks per resolution group (widths w, 2w, 4w, 8w, each group after the first opened by a stride-2 conv):
+DeeperForward's CNN-14 (4+3+3+4) and ResNet-17 (5+4+4+4), and our 1+1+1+1 and 2+2+2+2 below them (our choice,
+so that depth is the only variable of a sweep)."""
+
+
+def deep_layout(depth: int, residual: bool) -> tuple[list[int], list[int], list[list]]:
+    """(width multiples of w, strides, shortcuts) of the `depth`-block net. A residual net joins block i - 2's
+    output to block i's for every even i >= 2, by concat where the next block opens a group (so the width it
+    reads doubles, as in ResNet-17) and by add elsewhere; its plain twin has the same convs and no joins."""
+    if depth not in DEPTH_GROUPS:
+        raise FFPipeError(f"depth {depth}: the deep nets are defined for {sorted(DEPTH_GROUPS)} blocks")
+    multiples, stride, openers = [], [], set()
+    for g, count in enumerate(DEPTH_GROUPS[depth]):
+        openers.add(len(multiples))
+        multiples += [2 ** g] * count
+        stride += [2 if g else 1] + [1] * (count - 1)
+    joins = [[dst - 2, dst, "concat" if dst + 1 in openers else "add"] for dst in range(2, depth, 2)]
+    return multiples, stride, joins if residual else []
+
+
+def deep_net(depth: int, residual: bool, title: str | None = None, joins: list[list] | None = None) -> Model:
+    """A DeeperForward-style group-goodness net (CWConv blocks, group norm, no bias, kaiming), widths w..8w;
+    `joins` replaces the shortcuts of `deep_layout`."""
+    multiples, stride, layout_joins = deep_layout(depth, residual)
+    joins = layout_joins if joins is None else joins
+    width = ", ".join("{w}" if m == 1 else f"{{w{m}}}" for m in multiples)
+    layout = f"width: [{width}], stride: {stride}"
+    if joins:
+        layout += ", shortcuts: [" + ", ".join(f"[{a}, {b}, {k}]" for a, b, k in joins) + "]"
     body = ("data: {{batch_size: {b}{s}, labels: {{encoding: none}}}}\n"
             f"model: {{{{type: conv, depth: {depth}, kernel: 3, pool: 0, {layout}, dropout: 0.2, bias: false, "
             "init: kaiming, input_norm: layer, norm: group}}\n" + DEEPER_FORWARD)
-    return Model(title, body, depth, GROUP_HEAD)
+    kind = f"{len(joins)} shortcuts" if joins else "plain"
+    return Model(title or f"{depth}-block group-goodness CNN, widths {{w}} to 8x{{w}}, {kind}", body, depth,
+                 GROUP_HEAD)
 
 
 MODELS = {
@@ -56,14 +86,9 @@ MODELS = {
                      "model: {{type: conv, depth: 4, width: [{w}, {w2}, {w4}, {w4}], kernel: [5, 5, 3, 3], "
                      "pool: 0, in_pool: [0, 2, 2, 0], dropout: 0.2, bias: false, init: kaiming, "
                      "input_norm: layer, norm: group}}\n" + DEEPER_FORWARD, 4, GROUP_HEAD),
-    "cnn14": _deep("width: [{w}, {w}, {w}, {w}, {w2}, {w2}, {w2}, {w4}, {w4}, {w4}, {w8}, {w8}, {w8}, {w8}], "
-                   "stride: [1, 1, 1, 1, 2, 1, 1, 2, 1, 1, 2, 1, 1, 1]", 14,
-                   "CNN-14, widths {w} to 8x{w} (DeeperForward), group goodness"),
-    "resnet17": _deep("width: [{w}, {w}, {w}, {w}, {w}, {w2}, {w2}, {w2}, {w2}, {w4}, {w4}, {w4}, {w4}, {w8}, {w8}, "
-                      "{w8}, {w8}], stride: [1, 1, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1, 1], "
-                      "shortcuts: [[0, 2, add], [2, 4, concat], [4, 6, add], [6, 8, concat], [8, 10, add], "
-                      "[10, 12, concat], [12, 14, add], [14, 16, concat]]", 17,
-                      "ResNet-17, widths {w} to 8x{w} (DeeperForward), group goodness, 8 shortcuts"),
+    "cnn14": deep_net(14, False, "CNN-14, widths {w} to 8x{w} (DeeperForward), group goodness"),
+    "resnet17": deep_net(17, True, "ResNet-17, widths {w} to 8x{w} (DeeperForward), group goodness, 8 shortcuts",
+                         joins=[[a, a + 2, "concat" if a % 4 == 2 else "add"] for a in range(0, 15, 2)]),
 }
 DEEP = ("tinycnn", "cnn14", "resnet17")
 
@@ -87,15 +112,15 @@ QUICK = {"mlp": Size(100, 500, 3000), "cnn": Size(4, 200, 1200), "deepcnn": Size
          **{m: Size(10, 64, 256) for m in DEEP}}
 
 
-def config_text(model: str, size: Size, train: str = TIMED_TRAIN, dataset: str | None = None) -> str:
-    """The YAML of one model at one size; `train` is the train section (one line); `dataset` replaces the
-    embedded slice."""
+def config_text(model: str | Model, size: Size, train: str = TIMED_TRAIN, dataset: str | None = None) -> str:
+    """The YAML of one model (a name in MODELS, or a Model) at one size; `train` is the train section (one
+    line); `dataset` replaces the embedded slice."""
+    net = MODELS[model] if isinstance(model, str) else model
     subset = f", train_subset: {size.subset}" if size.subset else ""
     if dataset:
         subset += f", name: {dataset}"
     w = size.width
-    body = MODELS[model].body.format(b=size.batch, w=w, w2=2 * w, w4=4 * w, w8=8 * w, s=subset)
-    return body + MODELS[model].head + train
+    return net.body.format(b=size.batch, w=w, w2=2 * w, w4=4 * w, w8=8 * w, s=subset) + net.head + train
 
 
 def attempt(cmd: list[str], out: Path, epoch: int, attempts: int = 2) -> tuple[dict, list[str]]:
