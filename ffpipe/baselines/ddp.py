@@ -125,7 +125,8 @@ class BPRunner:
         sums, local, t0, step = torch.zeros(2, device=self.device), 0, time.perf_counter(), start
         self.memory.new_epoch()
         for x, y in epoch_batches(self.dataset.train, self.cfg.data.batch_size, seed=self.cfg.train.seed,
-                                  epoch=epoch, device=self.device, start_batch=start % self.steps_per_epoch):
+                                  epoch=epoch, device=self.device, start_batch=start % self.steps_per_epoch,
+                                  augment=self.cfg.data.augment):
             x, y = x[self.rows], y[self.rows]
             self.model.set_step(step + 1)
             with self.memory.step(self.model, self.optimizer, x, y):  # the epoch's first step is its sample

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ffpipe.config.sections import (
+    AugmentConfig,
     Config,
     DataConfig,
     HeadConfig,
@@ -37,8 +38,8 @@ from ffpipe.errors import FFPipeError
 DEFAULT_CONFIG = "configs/default.yaml"
 """The config `ffpipe train` and `ffpipe sweep` use when none is given and this file exists (a checkout)."""
 
-__all__ = ["DEFAULT_CONFIG", "Config", "DataConfig", "HeadConfig", "LabelConfig", "LossConfig", "ModelConfig",
-           "OptimConfig", "PipelineConfig", "RunConfig", "TrainConfig", "apply_overrides", "dump_config",
+__all__ = ["DEFAULT_CONFIG", "AugmentConfig", "Config", "DataConfig", "HeadConfig", "LabelConfig", "LossConfig",
+           "ModelConfig", "OptimConfig", "PipelineConfig", "RunConfig", "TrainConfig", "apply_overrides", "dump_config",
            "from_dict", "load_config", "to_dict", "validate"]
 
 

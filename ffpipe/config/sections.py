@@ -71,6 +71,18 @@ class LabelConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-image augmentation (our option; none of the papers here augments MNIST or Fashion-MNIST). It
+    draws from a generator seeded by (train.seed, epoch, batch), so a resumed or pipelined run sees the same
+    images, and the BP baseline sees what FF sees. Validation and test images are never augmented."""
+
+    shift: NonNegativeInt = 0
+    """Translate each image by up to this many pixels in each direction (zero fill), uniformly per image."""
+    flip: bool = False
+    """Mirror each image left-right with probability 1/2 (Fashion-MNIST, CIFAR-10; not for digits)."""
+
+
+@dataclass
 class DataConfig:
     """Which dataset, how it is split, and how it is batched."""
 
@@ -92,6 +104,7 @@ class DataConfig:
     """Resize every image to this square size, bilinearly, once at load (DeeperForward feeds MNIST at 32x32,
     so three stride-2 downsamplings stay even)."""
     labels: LabelConfig = field(default_factory=LabelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass

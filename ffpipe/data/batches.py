@@ -18,6 +18,8 @@ from collections.abc import Iterator
 
 import torch
 
+from ffpipe.config import AugmentConfig
+from ffpipe.data.augment import augment, batch_generator
 from ffpipe.data.dataset import Split
 from ffpipe.errors import FFPipeError
 
@@ -51,18 +53,22 @@ def epoch_batches(
     drop_last: bool = True,
     device: torch.device | str = "cpu",
     start_batch: int = 0,
+    augment: AugmentConfig | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (float32 images [B, C, H, W] in [0, 1], int64 labels [B]) on `device` for one epoch. The batch
     is gathered on the CPU and copied (`to_device`); its order never depends on the device.
 
     `shuffle=False` keeps file order (evaluation); `drop_last` drops a final short batch (training, so that
-    every step sees `batch_size` samples); `start_batch` resumes inside an epoch.
+    every step sees `batch_size` samples); `start_batch` resumes inside an epoch; `augment` (training only)
+    shifts and mirrors each batch as `data.augment` says (`ffpipe.data.augment`).
     """
     total = num_batches(len(split), batch_size, drop_last)
     if not 0 <= start_batch <= total:
         raise FFPipeError(f"start_batch must be in 0..{total}, got {start_batch}")
     device = torch.device(device)
-    return _generate(split, batch_size, seed, epoch, shuffle, total, device, start_batch)
+    if augment is not None and not (augment.shift or augment.flip):
+        augment = None
+    return _generate(split, batch_size, seed, epoch, shuffle, total, device, start_batch, augment)
 
 
 def _generate(
@@ -74,6 +80,7 @@ def _generate(
     total: int,
     device: torch.device,
     start_batch: int,
+    augmentation: AugmentConfig | None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     images, labels = split.images, split.labels
     order = epoch_order(len(split), seed, epoch) if shuffle else None
@@ -84,6 +91,8 @@ def _generate(
         else:
             idx = order[lo:hi]
             x, y = images.index_select(0, idx), labels.index_select(0, idx)
+        if augmentation is not None:
+            x = augment(x, augmentation, batch_generator(seed, epoch, b))
         yield to_device(x, device).to(torch.float32).div_(255.0), to_device(y, device)
 
 

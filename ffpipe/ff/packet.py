@@ -166,7 +166,7 @@ class PacketSource:
         seed = self.cfg.train.seed
         first_step = (epoch - 1) * self.steps_per_epoch
         batches = epoch_batches(self.dataset.train, self.cfg.data.batch_size, seed=seed, epoch=epoch,
-                                start_batch=start_step)
+                                start_batch=start_step, augment=self.cfg.data.augment)
         gen = torch.Generator()
         for i, (x, y) in enumerate(batches, start=start_step):
             wrong = []

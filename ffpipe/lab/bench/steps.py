@@ -69,7 +69,7 @@ def bp_step(cfg: Config, warmup: int, steps: int, profile: str | None = None) ->
     """The BP twin as `ffpipe train-bp` builds it (`BPRunner`, one process), on the batches its runs draw."""
     runner = BPRunner(cfg, Topology(1, 1, device=choose_device(cfg.train.device)[0]))
     batches = epoch_batches(runner.dataset.train, cfg.data.batch_size, seed=cfg.train.seed, epoch=1,
-                            device=runner.device)
+                            device=runner.device, augment=cfg.data.augment)
     drawn = [(step, *next(batches)) for step in range(1, warmup + steps + 1)]
 
     def run(batch: list) -> None:
