@@ -38,12 +38,13 @@ from torch.nn.parallel import DistributedDataParallel
 from ffpipe.baselines.model import build_bp_model, gradient_bytes, micro_batch_rows, train_step
 from ffpipe.config import Config, to_dict
 from ffpipe.data import Split, epoch_batches, load_for_config, num_batches
+from ffpipe.device import choose_device
 from ffpipe.errors import FFPipeError
 from ffpipe.ff.optim import make_optimizer, schedule_of, set_lr
 from ffpipe.ff.stage import NonFiniteLoss
 from ffpipe.pipeline import topology as topology_mod
 from ffpipe.pipeline.control import Control
-from ffpipe.pipeline.topology import Topology, choose_device
+from ffpipe.pipeline.topology import Topology
 from ffpipe.run import loop
 from ffpipe.run.checkpoint import atomic_torch_save, checkpoint_dir
 from ffpipe.run.console import TrainView

@@ -129,12 +129,19 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
+RETIRED = {"data.labels.negatives": "random"}
+"""Fields that were removed because nothing read them, with the one value they ever took: run directories and
+results written before keep them in config.yaml, and still load (any other value is an unknown key)."""
+
+
 def _build(cls: type, values: dict, path: str) -> Any:
     hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
         full = f"{path}.{key}" if path else str(key)
+        if full in RETIRED and value == RETIRED[full]:
+            continue
         if key not in hints:
             guess = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{guess[0]}'?" if guess else f"; known keys: {', '.join(names)}"

@@ -64,10 +64,9 @@ class LabelConfig:
     """Label intensity K in [0, 1): seed 000's best is 0.35 (§3.1); how K mixes label and image: `k_reading`."""
     k_reading: KReading = "share"
     """share: K is the label's share of the image's total intensity (ours); blend: (1 − K)·image + K·label."""
-    negatives: Literal["random"] = "random"
-    """How wrong labels are drawn: uniformly among the C − 1 wrong ones (never the true label)."""
     negatives_per_image: Positive = 1
-    """Distinct wrong labels per image, one negative stream each (1 is the papers' setting; our option)."""
+    """Distinct wrong labels per image, one negative stream each, drawn uniformly among the C − 1 wrong ones
+    (never the true label); 1 is the papers' setting, more is our option."""
 
 
 @dataclass

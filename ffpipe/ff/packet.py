@@ -14,9 +14,9 @@ call so the weight gradient skips them. The row layout is fixed by the packet's 
 
 `logits` is the running `[B, C]` sum of the head slices; `scores` the per-block `[blocks, B, C]` goodness per
 label (overlay view) or group goodness (group_ce); `exits` one early-exit prediction row per stage already
-passed; `extras` the shortcut tensors in flight (`ffpipe.ff.shortcuts`), rows laid out like `x`.
+passed; `shortcuts` the shortcut tensors in flight (`ffpipe.ff.shortcuts`), rows laid out like `x`.
 
-At a stage boundary `x` and `extras` may be rounded to `pipeline.wire_dtype` (`Packet.to_wire`); the
+At a stage boundary `x` and `shortcuts` may be rounded to `pipeline.wire_dtype` (`Packet.to_wire`); the
 accumulators and labels never are.
 
 The packet source: Stage 0's job: turn minibatches of images into packets of positive, negative and neutral streams.
@@ -70,7 +70,7 @@ class Packet:
     logits: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     exits: torch.Tensor | None = None
-    extras: dict[int, torch.Tensor] = field(default_factory=dict)  # shortcut tensors in flight, by source block
+    shortcuts: dict[int, torch.Tensor] = field(default_factory=dict)  # shortcut tensors in flight, by source block
 
     @property
     def n(self) -> int:
@@ -116,14 +116,14 @@ class Packet:
         if not narrows(wire_dtype):
             return self
         dtype = WIRE_DTYPES[wire_dtype]
-        return self.evolve(x=self.x.to(dtype), extras={src: t.to(dtype) for src, t in self.extras.items()})
+        return self.evolve(x=self.x.to(dtype), shortcuts={src: t.to(dtype) for src, t in self.shortcuts.items()})
 
     def from_wire(self, wire_dtype: str) -> Packet:
         """The packet the receiving stage computes on: after a narrowing wire, `x` and the shortcut tensors
         back in float32 (exact, fresh tensors); float32: the packet itself."""
         if not narrows(wire_dtype):
             return self
-        return self.evolve(x=self.x.float(), extras={src: t.float() for src, t in self.extras.items()})
+        return self.evolve(x=self.x.float(), shortcuts={src: t.float() for src, t in self.shortcuts.items()})
 
     def at_boundary(self, wire_dtype: str) -> Packet:
         """What crossing a stage boundary does to the packet, without a wire: the sequential runner's twin

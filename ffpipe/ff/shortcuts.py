@@ -16,7 +16,7 @@ block input in FF, so no gradient crosses a block through it either. We follow i
   channels (our rule for a mismatch its network never has); a wider one is an error. CONCAT takes any width.
 
 In a pipeline a shortcut whose destination lives in a later stage travels in the packet as a named extra
-tensor (`Packet.extras`, keyed by the source block), only as far as its last destination, where it is
+tensor (`Packet.shortcuts`, keyed by the source block), only as far as its last destination, where it is
 dropped; the wire counts its bytes with the packet's.
 """
 

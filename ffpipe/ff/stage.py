@@ -162,7 +162,7 @@ class Stage:
     def compute(self, packet: Packet, timer: DeviceTimer | None = None) -> Computed:
         """Forward through every block and the blocks' and local head's gradients; nothing is updated yet."""
         self._set_mode(True)
-        x, logits, extras = packet.x, packet.logits, dict(packet.extras)
+        x, logits, carried = packet.x, packet.logits, dict(packet.shortcuts)
         labels = None if self.overlays else packet.y
         steps, chunk_loss, head_losses = [], None, []
         for j, index in enumerate(self.indices):
@@ -192,7 +192,7 @@ class Stage:
                 if not self.head.joint:
                     head_losses.append(head_loss(part if logits is None else logits + part, packet.y))
                 logits = part.detach() if logits is None else logits + part.detach()
-            x = self._join(index, x, extras)
+            x = self._join(index, x, carried)
             steps.append(BlockStep(index, stats, self.trains[j]))
             if timer:
                 timer.add(index, t0)
@@ -207,18 +207,18 @@ class Stage:
             self.head.zero_grad()
             sum(head_losses).backward()
         self._track_non_finite(packet.step, steps)
-        return Computed(packet.evolve(x=x.detach(), logits=logits, extras=extras), steps, bool(head_losses))
+        return Computed(packet.evolve(x=x.detach(), logits=logits, shortcuts=carried), steps, bool(head_losses))
 
-    def _join(self, index: int, x: torch.Tensor, extras: dict[int, torch.Tensor]) -> torch.Tensor:
+    def _join(self, index: int, x: torch.Tensor, carried: dict[int, torch.Tensor]) -> torch.Tensor:
         """After block `index`: join the shortcut that ends here, keep the result (detached) if a later block
         joins it, and drop the tensors no later block needs (`ffpipe.ff.shortcuts`)."""
         shortcut = self.shortcuts.incoming(index)
         if shortcut is not None:
-            x = join(x, extras[shortcut.src], shortcut.kind)
+            x = join(x, carried[shortcut.src], shortcut.kind)
         if self.shortcuts.is_source(index):
-            extras[index] = x.detach()
+            carried[index] = x.detach()
         for src in self.shortcuts.done_after(index):
-            extras.pop(src, None)
+            carried.pop(src, None)
         return x
 
     def _block_forward(self, j: int, inp: torch.Tensor, packet: Packet) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -298,7 +298,7 @@ class Stage:
         """Inference, no updates: add this stage's partial logits and per-block scores (goodness per label
         for the overlay view, group goodness for group_ce), and record an exit."""
         self._set_mode(False)
-        x, logits, extras = packet.x, packet.logits, dict(packet.extras)
+        x, logits, carried = packet.x, packet.logits, dict(packet.shortcuts)
         n, c = packet.n, self.num_classes
         scored = packet.view == "overlay" or not self.overlays
         per_block = []
@@ -313,7 +313,7 @@ class Stage:
             if packet.view == "plain" and index in self.head:
                 part = self.head.readout_logits(index, x.flatten(1))
                 logits = part if logits is None else logits + part
-            x = self._join(index, x, extras)
+            x = self._join(index, x, carried)
         scores = packet.scores
         if per_block:
             new = torch.stack(per_block)
@@ -323,7 +323,7 @@ class Stage:
             rows = [i for i in range(len(scores)) if i in self.readout]
             summed = scores[rows].sum(dim=0) if rows else None
         exit_from = logits if packet.view == "plain" and logits is not None else summed
-        out = packet.evolve(x=x, logits=logits, scores=scores, extras=extras)
+        out = packet.evolve(x=x, logits=logits, scores=scores, shortcuts=carried)
         out.exits = packet.add_exit(exit_predictions(exit_from, n, x.device))
         return out
 
@@ -332,12 +332,12 @@ class Stage:
         """Each block's normalized output for network input `x` (a one-stage network), in eval mode: what the
         head reads, and what class activation maps and t-SNE look at (`ffpipe.lab.analysis`)."""
         self._set_mode(False)
-        outputs, extras = [], {}
+        outputs, carried = [], {}
         for j, index in enumerate(self.indices):
             with self._autocast():
                 x = self.normalize(self._forward[j](x))
             outputs.append(x)
-            x = self._join(index, x, extras)
+            x = self._join(index, x, carried)
         return outputs
 
     # -- state ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ that exits closes its sockets; gloo then fails the pending works and the error s
 On CUDA (NCCL) each background thread runs on its own stream and synchronizes it after `wait()`, so a
 delivered tensor is complete for any stream; a buffer handed back to the pool carries an event of the
 caller's stream, which the pump waits on before receiving into it again. CUDA tensors over gloo (stages
-sharing one GPU, `topology.choose_device`) travel through host memory: gloo's send and receive take CPU
+sharing one GPU, `ffpipe.device.choose_device`) travel through host memory: gloo's send and receive take CPU
 tensors only. The background threads do the copies on their own streams (a send's copy first waits for an
 event of the caller's stream), so the caller still never waits for the device.
 

@@ -55,19 +55,19 @@ def pack(p: Packet, split: str = "val", wire_dtype: str = "float32") -> tuple[li
     p = p.to_wire(wire_dtype)
     empty = torch.empty(0, device=p.x.device)
     accumulators = [t if t is not None else empty for t in (p.logits, p.scores, p.exits)]
-    return [p.x, p.y, *accumulators, *p.extras.values()], (VIEWS.index(p.view), SPLITS.index(split), *p.extras)
+    return [p.x, p.y, *accumulators, *p.shortcuts.values()], (VIEWS.index(p.view), SPLITS.index(split), *p.shortcuts)
 
 
 def unpack(msg: Message, wire_dtype: str = "float32") -> tuple[Packet, str]:
     """Receive buffers are reused by the wire, so everything that outlives this step is cloned: all but x,
     which the stage consumes before the next receive. After a narrowing wire, `Packet.from_wire` widens x and
     the shortcut tensors into fresh float32 tensors, which is their copy."""
-    x, y, logits, scores, exits, *extras = msg.tensors
+    x, y, logits, scores, exits, *carried = msg.tensors
     view, split, *sources = msg.tags
     view, split = VIEWS[view], SPLITS[split]
     keep = [t.clone() if t.numel() else None for t in (y, logits, scores, exits)]
     widened = narrows(wire_dtype)
-    shortcuts = {src: t if widened else t.clone() for src, t in zip(sources, extras)}
+    shortcuts = {src: t if widened else t.clone() for src, t in zip(sources, carried)}
     packet = Packet(view, x, keep[0], msg.step, msg.epoch, keep[1], keep[2], keep[3], shortcuts)
     return packet.from_wire(wire_dtype), split
 

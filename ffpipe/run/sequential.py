@@ -20,11 +20,11 @@ import torch
 
 from ffpipe.config import Config, from_dict
 from ffpipe.data import Split
+from ffpipe.device import choose_device
 from ffpipe.errors import FFPipeError
 from ffpipe.ff.head import Tally, joint_error, readout_blocks, views_for
 from ffpipe.ff.packet import Packet, PacketSource
 from ffpipe.ff.stage import Stage
-from ffpipe.pipeline.topology import choose_device
 from ffpipe.run import loop
 from ffpipe.run.checkpoint import latest_checkpoint, resolve_checkpoint
 from ffpipe.run.console import TrainView

@@ -117,3 +117,12 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert result.stderr.strip().splitlines() == ["ffpipe: error: config: unknown key 'model.widht'; "
                                                   "did you mean 'width'?"]
     assert "Traceback" not in result.stderr
+
+
+def test_a_retired_field_loads_only_with_the_value_it_always_had(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  labels: {negatives: random, encoding: onehot}\n")
+    assert load_config(old).data.labels.encoding == "onehot"
+    old.write_text("data:\n  labels: {negatives: hard}\n")
+    with pytest.raises(FFPipeError, match="unknown key 'data.labels.negatives'"):
+        load_config(old)

@@ -103,4 +103,4 @@ def test_the_metadata_travels_as_tags(tmp_path, monkeypatch):
     message = built[0].links.next.messages[0]
     assert message.kind == Kind.TRAIN and message.tags[2:] == (0, 1)  # joined at blocks 2 and 3
     got, split = unpack(message)
-    assert got.view == "train" and split == "val" and sorted(got.extras) == [0, 1]
+    assert got.view == "train" and split == "val" and sorted(got.shortcuts) == [0, 1]

@@ -45,9 +45,9 @@ def test_a_stage_carries_a_shortcut_only_as_far_as_its_last_destination():
     first, second = model.stages()
     packet = next(model.source().train_packets(epoch=1))
     out = first.compute(packet).out
-    assert sorted(out.extras) == [2]  # block 0's tensor was used up at block 2; block 2's goes on to block 4
-    assert out.extras[2].shape == (100, 10, 28, 28) and not out.extras[2].requires_grad  # default batch 100
-    assert second.compute(out).out.extras == {}
+    assert sorted(out.shortcuts) == [2]  # block 0's tensor was used up at block 2; block 2's goes on to block 4
+    assert out.shortcuts[2].shape == (100, 10, 28, 28) and not out.shortcuts[2].requires_grad  # default batch 100
+    assert second.compute(out).out.shortcuts == {}
 
 
 @pytest.mark.parametrize("shortcuts, message", [

@@ -19,27 +19,28 @@ def packet() -> Packet:
     return Packet("train", torch.randn(12, 7, generator=gen), torch.arange(4), step=3, epoch=1,
                   logits=torch.randn(4, 10, generator=gen), scores=torch.randn(2, 4, 10, generator=gen),
                   exits=torch.randint(0, 10, (1, 4), generator=gen),
-                  extras={0: torch.randn(12, 7, generator=gen), 2: torch.randn(12, 3, 2, generator=gen)})
+                  shortcuts={0: torch.randn(12, 7, generator=gen), 2: torch.randn(12, 3, 2, generator=gen)})
 
 
-def test_bfloat16_rounds_x_and_extras_only():
+def test_bfloat16_rounds_x_and_shortcuts_only():
     p = packet()
     out = p.at_boundary("bfloat16")
     assert out.x.dtype == torch.float32 and torch.equal(out.x, p.x.to(torch.bfloat16).float())
     assert not torch.equal(out.x, p.x)  # randn values are not all bfloat16-representable
-    assert sorted(out.extras) == [0, 2]
-    for src, t in p.extras.items():
-        assert out.extras[src].dtype == torch.float32 and torch.equal(out.extras[src], t.to(torch.bfloat16).float())
+    assert sorted(out.shortcuts) == [0, 2]
+    for src, t in p.shortcuts.items():
+        got = out.shortcuts[src]
+        assert got.dtype == torch.float32 and torch.equal(got, t.to(torch.bfloat16).float())
     assert out.y is p.y and out.logits is p.logits and out.scores is p.scores and out.exits is p.exits
     assert (out.view, out.step, out.epoch) == (p.view, p.step, p.epoch)
     wired = p.to_wire("bfloat16")
-    assert wired.x.dtype == torch.bfloat16 and all(t.dtype == torch.bfloat16 for t in wired.extras.values())
+    assert wired.x.dtype == torch.bfloat16 and all(t.dtype == torch.bfloat16 for t in wired.shortcuts.values())
 
 
 def test_float32_is_the_identity_without_a_copy():
     p = packet()
     for out in (p.at_boundary("float32"), p.to_wire("float32"), p.from_wire("float32")):
-        assert out is p and out.x is p.x and all(out.extras[s] is t for s, t in p.extras.items())
+        assert out is p and out.x is p.x and all(out.shortcuts[s] is t for s, t in p.shortcuts.items())
 
 
 @pytest.mark.parametrize("wire_dtype", sorted(WIRE_DTYPES))
@@ -58,8 +59,8 @@ def test_pack_and_unpack_carry_the_same_rounding(wire_dtype):
     got, split = unpack(Message(Kind.TRAIN, p.step, p.epoch, tensors, tags), wire_dtype)
     want = p.at_boundary(wire_dtype)
     assert split == "val" and got.x.dtype == torch.float32 and torch.equal(got.x, want.x)
-    assert {s: t.dtype for s, t in got.extras.items()} == {0: torch.float32, 2: torch.float32}
-    assert all(torch.equal(got.extras[s], want.extras[s]) for s in want.extras)
+    assert {s: t.dtype for s, t in got.shortcuts.items()} == {0: torch.float32, 2: torch.float32}
+    assert all(torch.equal(got.shortcuts[s], want.shortcuts[s]) for s in want.shortcuts)
     assert torch.equal(got.logits, p.logits) and torch.equal(got.scores, p.scores) and torch.equal(got.y, p.y)
 
 

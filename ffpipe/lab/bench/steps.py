@@ -25,7 +25,8 @@ from ffpipe.baselines.ddp import BPRunner
 from ffpipe.baselines.model import train_step
 from ffpipe.config import Config, load_config
 from ffpipe.data import epoch_batches
-from ffpipe.pipeline.topology import Topology, choose_device
+from ffpipe.device import choose_device
+from ffpipe.pipeline.topology import Topology
 from ffpipe.pipeline.wire import synchronize_device
 from ffpipe.run.records import BlockMeter
 from ffpipe.run.sequential import SequentialRunner
