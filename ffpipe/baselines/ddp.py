@@ -80,7 +80,7 @@ class BPRunner:
     progress_bar = True
 
     def __init__(self, cfg: Config, topology: Topology):
-        self.cfg, self.topology = cfg, topology
+        self.cfg, self.topology, self.cpu0 = cfg, topology, time.process_time()  # `cpu_s` counts from here
         self.leader = topology.leader
         self.device = topology.device
         self.dataset = load_for_config(cfg.data)
@@ -157,7 +157,9 @@ class BPRunner:
                   **dict(zip(memory, (int(v) if v >= 0 else None for v in peak.tolist()))), "train_loss": loss,
                   "train_acc": float(sums[1]) / seen, "world_size": self.topology.world,
                   "allreduce_bytes_per_step": self.comm, "micro_batches": self.micro_batches}
-        return fields, self.evaluate(self.dataset.val)[0] if evaluate_now else None
+        val = self.evaluate(self.dataset.val)[0] if evaluate_now else None
+        cpu = _all_reduce(torch.tensor([time.process_time() - self.cpu0], dtype=torch.float64), self.device)
+        return {**fields, "cpu_s": float(cpu[0])}, val
 
     def evaluate(self, split: Split) -> tuple[dict, torch.Tensor]:
         """Accuracy of the classifier on `split`; rank r evaluates batches r, r + N, ... and the ranks sum

@@ -33,7 +33,8 @@ def stage_summary(row: dict) -> dict:
             "compute_s_per_step": row["compute_s"] / steps, "idle_pct": 100 * row["idle_s"] / wall,
             "send_blocked_pct": 100 * row["send_blocked_s"] / wall, "samples_per_s": row["samples"] / wall,
             "bytes_in": row["bytes_in"], "bytes_out": row["bytes_out"], "peak_memory_bytes": row["peak_memory_bytes"],
-            "train_memory_bytes": row["train_memory_bytes"], "peak_tensor_bytes": row["peak_tensor_bytes"]}
+            "train_memory_bytes": row["train_memory_bytes"], "peak_tensor_bytes": row["peak_tensor_bytes"],
+            "cpu_s": row["cpu_s"]}
 
 
 class PipelineRunner:
@@ -94,6 +95,7 @@ class PipelineRunner:
         bound = self.cfg.data.batch_size / max(per_step) if max(per_step) > 0 else 0.0
         achieved = samples * self.topology.replicas / wall if wall > 0 else 0.0
         fields = {"train_s": wall, "samples_per_s": achieved,
+                  "cpu_s": sum(r["cpu_s"] for r in rows) * self.topology.replicas,
                   "peak_memory_bytes": max(r["peak_memory_bytes"] for r in rows),
                   "train_memory_bytes": max(r["train_memory_bytes"] for r in rows),
                   "peak_tensor_bytes": max((r["peak_tensor_bytes"] for r in rows), key=lambda v: v or -1),

@@ -103,6 +103,7 @@ class StageWorker:
     def __init__(self, cfg: Config, model: Model, topology: Topology, control: Control, links: Links,
                  run_dir: Path, average_grads=None):
         self.cfg, self.model, self.topology, self.control, self.links = cfg, model, topology, control, links
+        self.cpu0 = time.process_time()  # `cpu_s` counts from here (`ffpipe.run.records`)
         self.stage = model.stage(topology.stage, average_grads)
         self.index = topology.stage
         self.wire_dtype = cfg.pipeline.wire_dtype
@@ -217,7 +218,7 @@ class StageWorker:
                 "samples": self.seen, "wall_s": self.train_end - self.t0, "compute_s": seconds.get(STAGE_SPAN, 0.0),
                 "idle_s": self.train_idle,
                 "send_blocked_s": nxt["blocked_s"], "bytes_in": prev["bytes"], "bytes_out": nxt["bytes"],
-                **self.memory.read()})
+                "cpu_s": time.process_time() - self.cpu0, **self.memory.read()})
             for link in (self.links.prev, self.links.next):
                 if link is not None:
                     link.reset_stats()

@@ -7,6 +7,7 @@ report` and the lab tools read it. Records of schema 1 (before the field existed
 
     {"schema": 2, "kind": "epoch", "epoch": 3, "step": 1500, "lr": 0.001, "train_s": 10.1, "wall_s": 12.3,
      "samples_per_s": 4950.0, "peak_memory_bytes": ..., "train_memory_bytes": ..., "peak_tensor_bytes": ...,
+     "cpu_s": 61.2,
      "blocks": [{"index": 0, "loss": 0.61, "g_pos": 1.2, "g_neg": 0.8, "acc_pair": 0.81,
                  "compute_s": 3.2, "samples_per_s": 15000.0}, ...],               (FF runs)
      "head_train_acc": 0.9,                                                        (FF runs with a head)
@@ -24,6 +25,12 @@ positive/negative samples, `acc_pos`/`acc_neg` the fraction on the right side of
 families only), `acc_pair` the fraction of (image, negative) pairs whose positive goodness is higher;
 group_ce blocks report `g_true`, `g_other` and their class accuracy `acc`. `compute_s` is the block's share
 of the stage's compute time over the epoch.
+
+`cpu_s` is what a run has cost so far, for accuracy-per-CPU-second comparisons: the CPU seconds (user + system,
+every thread) of the training processes since each built its trainer (imports not counted), at the end of the
+epoch's evaluation, summed over
+the stages (a pipeline; with replicas, replica 0's stages times the replica count) or the ranks (DDP). A
+resumed run counts from its restart. Absent from records written before it existed.
 """
 
 from __future__ import annotations
@@ -44,9 +51,9 @@ KINDS = ("epoch", "test", "error")
 NOT_ACCURACIES = ("n", "infer_ms_per_image")
 """Keys of a `val`/`test` object that are not readout accuracies (sample count, per-readout timing)."""
 EPOCH_FIELDS = ("epoch", "step", "lr", "train_s", "wall_s", "samples_per_s", "peak_memory_bytes",
-                "train_memory_bytes", "peak_tensor_bytes")
-"""What every epoch record holds, whoever trained (`peak_tensor_bytes` is absent from records written before
-it existed; `ffpipe.run.measure.MemoryMeter` says what each memory field counts)."""
+                "train_memory_bytes", "peak_tensor_bytes", "cpu_s")
+"""What every epoch record holds, whoever trained (`peak_tensor_bytes` and `cpu_s` are absent from records
+written before they existed; `ffpipe.run.measure.MemoryMeter` says what each memory field counts)."""
 
 
 def epoch_record(**fields: Any) -> dict:

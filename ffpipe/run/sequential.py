@@ -54,7 +54,7 @@ class SequentialRunner:
     progress_bar = True
 
     def __init__(self, cfg: Config):
-        self.cfg = cfg
+        self.cfg, self.cpu0 = cfg, time.process_time()  # `cpu_s` counts from here (records.py)
         self.model = Model.build(cfg, choose_device(cfg.train.device)[0])
         self.stages = self.model.stages()
         self.source = self.model.source()
@@ -120,7 +120,7 @@ class SequentialRunner:
                   "head_train_acc": float(e["correct"]) / seen if seen and self.cfg.head.mode != "none" else None,
                   "blocks": [row for meter in e["meters"] for row in meter.rows(e["seconds"])], **self.memory.read()}
         val = evaluate(self.cfg, self.stages, self.source, self.model.dataset.val).result() if evaluate_now else None
-        return fields, val
+        return {**fields, "cpu_s": time.process_time() - self.cpu0}, val
 
     def checkpoint(self, run_dir: Path, epoch: int, step: int) -> None:
         for stage in self.stages:

@@ -88,6 +88,7 @@ def test_ddp_two_processes_equal_one_process(tmp_path, micro_batches):
     epoch, test = (json.loads(line) for line in lines)  # one writer: rank 0
     assert epoch["world_size"] == 2 and epoch["micro_batches"] == micro_batches and test["test"]["n"] == 1000
     assert epoch["peak_tensor_bytes"] is None  # train.tensor_memory is off by default, on every rank
+    assert epoch["cpu_s"] > 0  # the ranks' CPU seconds, summed by an all-reduce
     assert abs(test["test"]["bp"] - single["test"]["bp"]) <= 0.002
     model = build_bp_model(load_config(cfg_path), (1, 28, 28), 10)
     assert epoch["allreduce_bytes_per_step"] == gradient_bytes(model) == 4 * (784 * 64 + 64 + 64 * 64 + 64 + 650)

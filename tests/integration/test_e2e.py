@@ -66,6 +66,7 @@ def test_default_run_is_a_pipeline_that_learns_as_ff(tmp_path):
     epoch = [r for r in records if r["kind"] == "epoch"][-1]
     assert [s["blocks"] for s in epoch["stages"]] == [[0, 1], [2, 3]]
     assert all(s["compute_s_per_step"] > 0 for s in epoch["stages"]) and 0 < epoch["bottleneck"]["fraction"] <= 1
+    assert epoch["cpu_s"] > 0  # both stage processes' CPU seconds
     test = records[-1]["test"]
     assert test["group"] >= 0.65 and test["group_selected"] >= 0.65, test
 

@@ -106,7 +106,8 @@ def test_a_training_step_reads_between_its_bounds():
 
 def test_every_runner_records_its_peak_tensor_bytes(tmp_path):
     """The sequential FF runner and the BP runner write `peak_tensor_bytes` into each epoch record, at least
-    the bytes of the network's parameters (FF: the blocks and head slices, which its roots reach)."""
+    the bytes of the network's parameters (FF: the blocks and head slices, which its roots reach), and the
+    run's CPU seconds so far, which grow from epoch to epoch."""
     overrides = ["model.type=linear", "model.depth=2", "model.width=64", "data.batch_size=50",
                  "data.labels.encoding=onehot", "data.train_subset=500", "train.progress=false", "train.epochs=2",
                  "train.tensor_memory=true"]
@@ -119,6 +120,7 @@ def test_every_runner_records_its_peak_tensor_bytes(tmp_path):
         assert [r["step"] for r in epochs] == [10, 20], run
         for record in epochs:
             assert params <= record["peak_tensor_bytes"] <= record["peak_memory_bytes"], (run, record)
+        assert 0 < epochs[0]["cpu_s"] < epochs[1]["cpu_s"], run  # cumulative CPU seconds of the run
     assert bp["step"] == 20
 
 
