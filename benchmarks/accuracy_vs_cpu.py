@@ -1,0 +1,63 @@
+"""Accuracy against CPU-seconds on MNIST: ffpipe's committed runs beside the peer engines' own code.
+
+Why CPU-seconds: the peers and ffpipe use the cores differently (threads in one process, a pipeline of
+processes), so wall time favours whoever uses more cores; CPU-seconds is what a run costs. ffpipe's points are
+read from committed `metrics.jsonl` files (`cpu_s` and the validation group readout per epoch, the test
+readout of the block range chosen on validation at the end). The peer points are the issue's measurements of
+the peers' unmodified code on a 2-core VM of this class, 1 torch thread, first epoch (not re-run here):
+CwComp (AAAI 2024) and DeeperForward's TinyCNN at full width (ICLR 2025).
+
+    python benchmarks/accuracy_vs_cpu.py     # writes benchmarks/results/accuracy/README.md and accuracy_vs_cpu.png
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ffpipe.run.plots import save_png, subplots
+from ffpipe.run.records import read_records
+
+RESULTS = Path(__file__).resolve().parent / "results" / "accuracy"
+RUNS = {"ffpipe TinyCNN ÷5, 2-stage pipeline, batch 32, 3 epochs": "mnist_fast_probe/b32_3ep_seed0_cpu_s"}
+PEERS = [  # (system, readout, test accuracy, CPU-seconds of training), MNIST, epoch 1
+    ("CwComp", "softmax head", 0.9841, 688), ("CwComp", "group goodness readout", 0.9667, 688),
+    ("DeeperForward TinyCNN (full width)", "group goodness readout", 0.9553, 1139)]
+
+
+def ours(run: str) -> dict:
+    records = read_records(RESULTS / run / "metrics.jsonl")
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    test = next(r for r in records if r["kind"] == "test")["test"]
+    return {"cpu_s": [r["cpu_s"] for r in epochs], "val": [r["val"]["group"] for r in epochs],
+            "test": test["group_selected"], "wall_s": sum(r["wall_s"] for r in epochs)}
+
+
+def main() -> int:
+    fig, ax = subplots(1, 1, figsize=(7, 4.5))
+    lines = ["# Accuracy per CPU-second, MNIST\n", __doc__.split("\n\n")[1].replace("\n", " ") + "\n",
+             "`python benchmarks/accuracy_vs_cpu.py` regenerates this file and `accuracy_vs_cpu.png`.\n",
+             "| system | readout | accuracy | CPU-seconds | source |", "|---|---|---|---|---|"]
+    for label, run in RUNS.items():
+        r = ours(run)
+        ax.plot(r["cpu_s"], r["val"], "o-", label=f"{label} (val per epoch)")
+        ax.plot([r["cpu_s"][-1]], [r["test"]], "*", markersize=12, color="C0", label=f"{label} (test)")
+        for cpu, val in zip(r["cpu_s"], r["val"]):
+            lines.append(f"| {label} | group readout, validation | {100 * val:.2f}% | {cpu:.0f} | "
+                         f"[{run}]({run}/metrics.jsonl) |")
+        lines.append(f"| {label} | group readout, range chosen on val, **test** | **{100 * r['test']:.2f}%** | "
+                     f"{r['cpu_s'][-1]:.0f} ({r['wall_s']:.0f} s wall) | [{run}]({run}/metrics.jsonl) |")
+    for k, (system, readout, acc, cpu) in enumerate(PEERS):
+        ax.plot([cpu], [acc], "s^v"[k], markersize=9, label=f"{system}, {readout} (epoch 1)")
+        lines.append(f"| {system} | {readout}, test | {100 * acc:.2f}% | {cpu} | the peer's own code, epoch 1 |")
+    ax.set(xlabel="CPU-seconds of training", ylabel="MNIST accuracy", title="accuracy per CPU-second, MNIST")
+    ax.legend(fontsize=7)
+    save_png(fig, RESULTS / "accuracy_vs_cpu.png")
+    lines.append("\n![accuracy vs CPU-seconds](accuracy_vs_cpu.png)\n")
+    (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'README.md'}, accuracy_vs_cpu.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
