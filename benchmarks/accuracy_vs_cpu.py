@@ -7,11 +7,12 @@ readout of the block range chosen on validation at the end). The peer points are
 the peers' unmodified code on a 2-core VM of this class, 1 torch thread, first epoch (not re-run here):
 CwComp (AAAI 2024) and DeeperForward's TinyCNN at full width (ICLR 2025).
 
-    python benchmarks/accuracy_vs_cpu.py     # writes benchmarks/results/accuracy/README.md and accuracy_vs_cpu.png
+    python benchmarks/accuracy_vs_cpu.py [--out DIR]   # README.md and accuracy_vs_cpu.png (default: the results dir)
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -33,7 +34,11 @@ def ours(run: str) -> dict:
             "test": test["group_selected"], "wall_s": sum(r["wall_s"] for r in epochs)}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    out = parser.parse_args(argv).out
+    out.mkdir(parents=True, exist_ok=True)
     fig, ax = subplots(1, 1, figsize=(7, 4.5))
     lines = ["# Accuracy per CPU-second, MNIST\n", __doc__.split("\n\n")[1].replace("\n", " ") + "\n",
              "`python benchmarks/accuracy_vs_cpu.py` regenerates this file and `accuracy_vs_cpu.png`.\n",
@@ -52,10 +57,10 @@ def main() -> int:
         lines.append(f"| {system} | {readout}, test | {100 * acc:.2f}% | {cpu} | the peer's own code, epoch 1 |")
     ax.set(xlabel="CPU-seconds of training", ylabel="MNIST accuracy", title="accuracy per CPU-second, MNIST")
     ax.legend(fontsize=7)
-    save_png(fig, RESULTS / "accuracy_vs_cpu.png")
+    save_png(fig, out / "accuracy_vs_cpu.png")
     lines.append("\n![accuracy vs CPU-seconds](accuracy_vs_cpu.png)\n")
-    (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS / 'README.md'}, accuracy_vs_cpu.png")
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'README.md'}, accuracy_vs_cpu.png")
     return 0
 
 
