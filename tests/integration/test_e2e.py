@@ -71,9 +71,12 @@ def test_default_run_is_a_pipeline_that_learns_as_ff(tmp_path):
     assert test["group"] >= 0.65 and test["group_selected"] >= 0.65, test
 
 
+@pytest.mark.slow
 def test_overlay_cnn_learns_as_ff(tmp_path):
     """Seed 000's overlay FF-CNN learns as FF: its blocks separate positive from negative data and the
-    goodness readout (10 overlay passes, no trained head) is far above chance, not only the linear head."""
+    goodness readout (10 overlay passes, no trained head) is far above chance, not only the linear head.
+    Marked slow (a full epoch and two 10-pass goodness evaluations, about a minute): it was the default
+    run's test until the TinyCNN pipeline took that place."""
     cfg = load_config(OVERLAY, ["train.progress=false", "train.epochs=1"])
     summary = train(cfg, out=str(tmp_path / "default"))
     assert summary["test"]["linear"] >= 0.65, summary["test"]
