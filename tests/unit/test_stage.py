@@ -1,5 +1,8 @@
 """The Stage: locality of learning, partition invariance, FGFF lr = 0, NaN handling, and learning heads."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -29,6 +32,13 @@ def block_weights(stages):
     return {i: t for s in stages for i, e in s.state_dict().items() for t in [e["block"]]}
 
 
+class Saved:
+    """What the pack hook stores for a saved tensor: alive exactly as long as the graph that saved it."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
 def test_no_gradient_crosses_a_block_boundary():
     """Block 0 has no loss: the later blocks' local backward (run in `compute`) must not reach it."""
     _, source, (stage,) = build(["loss.exclude_first=true"])
@@ -43,8 +53,19 @@ def test_compute_leaves_gradients_and_no_graph_and_apply_only_steps():
     """Each block's backward runs before the next block, so no autograd graph outlives `compute`; `apply`
     changes the weights and computes nothing."""
     _, source, (stage,) = build([])
-    computed = stage.compute(next(source.train_packets(epoch=1)))
-    assert not computed.out.x.requires_grad and all(not b.stats.requires_grad for b in computed.blocks)
+    packet = next(source.train_packets(epoch=1))
+    saved = []  # a weak reference to every tensor an autograd graph saved during `compute`
+
+    def pack(t):
+        box = Saved(t)
+        saved.append(weakref.ref(box))
+        return box
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda box: box.tensor):
+        computed = stage.compute(packet)
+    gc.collect()
+    assert len(saved) > 0 and all(ref() is None for ref in saved)  # every graph that saved them is gone
+    assert computed.out.x.grad_fn is None and all(b.stats.grad_fn is None for b in computed.blocks)
     grads = [p.grad.clone() for p in stage.blocks.parameters()]
     before = [p.detach().clone() for p in stage.blocks.parameters()]
     stage.apply(computed)
