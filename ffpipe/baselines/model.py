@@ -36,7 +36,7 @@ from ffpipe.errors import FFPipeError
 from ffpipe.ff.blocks import BlockSpec, block_specs, build_block
 from ffpipe.ff.head import make_slice
 from ffpipe.ff.norm import between_blocks, network_input
-from ffpipe.ff.shortcuts import ShortcutPlan, join, parse_shortcuts
+from ffpipe.ff.shortcuts import ShortcutPlan, join
 
 
 class BPNet(nn.Module):
@@ -50,7 +50,7 @@ class BPNet(nn.Module):
         self.blocks = nn.ModuleList(build_block(spec, seed) for spec in specs)
         self.input_norm = network_input(model_cfg)
         self.norm = between_blocks(model_cfg, num_classes)
-        self.shortcuts = ShortcutPlan(tuple(parse_shortcuts(model_cfg.shortcuts, len(specs))))
+        self.shortcuts = ShortcutPlan.of(specs)
         self.classifier = None if group_classifier else make_slice(specs[-1].units, num_classes, len(specs), seed)
 
     def set_step(self, step: int) -> None:

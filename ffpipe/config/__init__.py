@@ -167,6 +167,9 @@ def _check_combinations(cfg: Config) -> None:
         raise _fail("model.norm", f"'{m.norm}' normalization needs loss.family group_ce")
     if m.type == "linear" and (m.shortcuts or any(p > 0 for p in m.per_block("in_pool"))):
         raise _fail("model.shortcuts" if m.shortcuts else "model.in_pool", "needs model.type conv")
+    from ffpipe.ff.shortcuts import parse_shortcuts  # the topology rules live with the shortcuts; torch-only
+
+    parse_shortcuts(m.shortcuts, m.depth)  # a bad topology is a config error, found at load
     if group and "goodness" in cfg.head.readouts:
         raise _fail("head.readouts", "group_ce has no label overlay, so no goodness readout; use 'group'")
     if not group and "group" in cfg.head.readouts:

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from ffpipe.config.sections import Activation, Init, ModelType, Padding
 from ffpipe.errors import FFPipeError
-from ffpipe.ff.shortcuts import ShortcutPlan, joined_shape, parse_shortcuts
+from ffpipe.ff.shortcuts import Shortcut, ShortcutPlan, joined_shape, parse_shortcuts
 
 KINDS = get_args(ModelType)
 PADDINGS = get_args(Padding)
@@ -76,6 +76,7 @@ class BlockSpec:
     in_pool: int = 0
     dropout: float = 0.0
     bias: bool = True
+    shortcut: Shortcut | None = None  # the shortcut that ends at this block (parsed once, in `block_specs`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "in_shape", tuple(int(s) for s in self.in_shape))
@@ -268,13 +269,14 @@ def block_specs(model_cfg, input_shape: tuple[int, int, int]) -> list[BlockSpec]
     fit) is one FFPipeError line.
     """
     per = {name: model_cfg.per_block(name) for name in ("width", "kernel", "pool", "stride", "in_pool")}
-    plan = ShortcutPlan(tuple(parse_shortcuts(model_cfg.shortcuts, model_cfg.depth)))
+    plan = ShortcutPlan(tuple(parse_shortcuts(model_cfg.shortcuts, model_cfg.depth)))  # the one parse
     specs: list[BlockSpec] = []
     shape, read = tuple(input_shape), {}
     for i in range(model_cfg.depth):
         common = dict(index=i, kind=model_cfg.type, in_shape=shape, out=per["width"][i],
                       batchnorm=model_cfg.batchnorm, activation=model_cfg.activation, init=model_cfg.init,
-                      preact_norm=model_cfg.preact_norm, dropout=model_cfg.dropout, bias=model_cfg.bias)
+                      preact_norm=model_cfg.preact_norm, dropout=model_cfg.dropout, bias=model_cfg.bias,
+                      shortcut=plan.incoming(i))
         if model_cfg.type == "conv":
             spec = BlockSpec(**common, kernel=per["kernel"][i], stride=per["stride"][i], padding=model_cfg.padding,
                              pool=per["pool"][i], in_pool=per["in_pool"][i])

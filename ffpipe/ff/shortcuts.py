@@ -99,6 +99,12 @@ class ShortcutPlan:
 
     shortcuts: tuple[Shortcut, ...] = ()
 
+    @classmethod
+    def of(cls, specs: Sequence) -> ShortcutPlan:
+        """The plan of a net from its block specs, which carry the shortcuts `model.shortcuts` was parsed into
+        once (`ffpipe.ff.blocks.block_specs`)."""
+        return cls(tuple(s.shortcut for s in specs if s.shortcut is not None))
+
     def incoming(self, index: int) -> Shortcut | None:
         return next((s for s in self.shortcuts if s.dst == index), None)
 

@@ -44,7 +44,7 @@ from ffpipe.ff.norm import between_blocks
 from ffpipe.ff.objectives import make_objective
 from ffpipe.ff.optim import make_optimizer, schedule_of, set_lr
 from ffpipe.ff.packet import Packet, negative_streams
-from ffpipe.ff.shortcuts import ShortcutPlan, join, parse_shortcuts
+from ffpipe.ff.shortcuts import ShortcutPlan, join
 
 if TYPE_CHECKING:  # the runner's timer; the algorithm never imports the run loop
     from ffpipe.run.measure import DeviceTimer
@@ -89,7 +89,7 @@ class Stage:
         self.backprop_chunk = cfg.train.chunk_mode == "backprop"
         self.average_grads = average_grads
         self.normalize = between_blocks(cfg.model, num_classes)
-        self.shortcuts = ShortcutPlan(tuple(parse_shortcuts(cfg.model.shortcuts, len(specs))))
+        self.shortcuts = ShortcutPlan.of(specs)
         self.blocks = nn.ModuleList(build_block(specs[i], cfg.train.seed) for i in self.indices).to(self.device)
         self.objectives = nn.ModuleList(make_objective(cfg.loss, specs[i], num_classes)
                                         for i in self.indices).to(self.device)

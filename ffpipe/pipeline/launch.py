@@ -24,7 +24,7 @@ from ffpipe.errors import FFPipeError
 from ffpipe.ff.head import readout_blocks
 from ffpipe.ff.packet import WIRE_DTYPES, negative_streams
 from ffpipe.ff.partition import partition_table
-from ffpipe.ff.shortcuts import ShortcutPlan, parse_shortcuts
+from ffpipe.ff.shortcuts import ShortcutPlan
 from ffpipe.pipeline import topology as topology_mod
 from ffpipe.pipeline.control import Control
 from ffpipe.pipeline.head_channel import HeadChannel
@@ -126,7 +126,7 @@ def _build(cfg: Config, topology: Topology, control: Control, run_dir: Path, ave
                   next=Sender(topology.next, **wire) if topology.next is not None else None,
                   head=HeadChannel(cfg, topology, owns_head, **wire, group=backward_group))
     if topology.leader:
-        plan = ShortcutPlan(tuple(parse_shortcuts(cfg.model.shortcuts, model.num_blocks)))
+        plan = ShortcutPlan.of(model.specs)
         element_bytes = WIRE_DTYPES[cfg.pipeline.wire_dtype].itemsize
         print(partition_table(model.specs, model.bounds, negative_streams(cfg), model.seconds, plan, element_bytes),
               flush=True)

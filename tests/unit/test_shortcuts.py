@@ -55,11 +55,23 @@ def test_a_stage_carries_a_shortcut_only_as_far_as_its_last_destination():
     ("[[0,9,add]]", "outside 0..5"),
     ("[[0,2,add],[1,2,add]]", "block 2 already receives a shortcut"),
     ("[[0,1,mul]]", "'mul' is not one of add, concat"),
-    ("[[4,5,add],[3,4,concat]]", "cannot add 40 channels to 20"),
 ])
-def test_bad_topologies_are_one_line(shortcuts, message):
+def test_bad_topologies_are_one_line_when_the_config_loads(shortcuts, message):
     with pytest.raises(FFPipeError, match=message):
-        block_specs(load_config(None, RESIDUAL + [f"model.shortcuts={shortcuts}"]).model, (1, 28, 28))
+        load_config(None, RESIDUAL + [f"model.shortcuts={shortcuts}"])  # not only once blocks are built
+
+
+def test_a_shortcut_that_does_not_fit_is_one_line_when_the_shapes_are_known():
+    cfg = load_config(None, RESIDUAL + ["model.shortcuts=[[4,5,add],[3,4,concat]]"])
+    with pytest.raises(FFPipeError, match="cannot add 40 channels to 20"):
+        block_specs(cfg.model, (1, 28, 28))
+
+
+def test_the_specs_carry_the_plan_parsed_once():
+    specs = block_specs(load_config(None, RESIDUAL + ["model.shortcuts=[[0,2,add],[2,4,concat]]"]).model,
+                        (1, 28, 28))
+    assert [s.shortcut for s in specs] == [None, None, Shortcut(0, 2, "add"), None, Shortcut(2, 4, "concat"), None]
+    assert ShortcutPlan.of(specs).shortcuts == (Shortcut(0, 2, "add"), Shortcut(2, 4, "concat"))
 
 
 def test_a_narrower_source_is_zero_padded_for_add():
