@@ -161,6 +161,14 @@ def _check_combinations(cfg: Config) -> None:
         raise _fail("data.labels.encoding", "loss.family group_ce takes the plain image: set it to 'none'")
     if not group and cfg.data.labels.encoding == "none":
         raise _fail("data.labels.encoding", f"'none' only works with loss.family group_ce, not {loss.family}")
+    if group:
+        from ffpipe.data.catalog import SPECS  # the class counts of the named datasets; no torch
+
+        classes = SPECS[cfg.data.name].num_classes if cfg.data.name in SPECS else None
+        uneven = [w for w in m.per_block("width") if classes and w % classes]
+        if uneven:
+            raise _fail("model.width", f"loss.family group_ce splits each block's channels into {classes} class "
+                        f"groups, so every width must be a multiple of {classes}; got {uneven}")
     if group and cfg.data.labels.negatives_per_image != 1:
         raise _fail("data.labels.negatives_per_image", "group_ce has no negative stream; leave it at 1")
     if m.norm in ("group", "group_rms") and not group:

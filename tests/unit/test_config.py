@@ -126,3 +126,11 @@ def test_a_retired_field_loads_only_with_the_value_it_always_had(tmp_path):
     old.write_text("data:\n  labels: {negatives: hard}\n")
     with pytest.raises(FFPipeError, match="unknown key 'data.labels.negatives'"):
         load_config(old)
+
+
+def test_group_ce_widths_that_do_not_split_into_class_groups_fail_at_load():
+    group = ["loss.family=group_ce", "data.labels.encoding=none", "head.readouts=[group]", "head.mode=none",
+             "model.depth=2"]
+    with pytest.raises(FFPipeError, match=r"model.width: .* multiple of 10; got \[32\]"):
+        load_config(None, group + ["model.width=[20,32]"])
+    assert load_config(None, group + ["model.width=[20,40]"]).model.width == [20, 40]
