@@ -1,5 +1,5 @@
-"""Training-image augmentation: random shifts and mirror images, drawn per batch from a pure function of
-(seed, epoch, batch).
+"""Training-image augmentation: random shifts and mirror images, drawn per batch from a generator that is a
+pure function of (seed, epoch, batch) (`ffpipe.data.batches.augment_generator`).
 
 Why here and in this form: the batch is still uint8 on the CPU, so an augmentation is two gathers over a few
 hundred kilobytes, cheaper than any block's forward; and because its generator is seeded from the batch's
@@ -9,18 +9,10 @@ stage 0, the sequential trainer and the BP baseline all see the same augmented i
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 import torch.nn.functional as F
 
 from ffpipe.config import AugmentConfig
-
-
-def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
-    """A generator whose state depends on (seed, epoch, batch) and nothing else."""
-    digest = hashlib.sha256(f"ffpipe-augment:{int(seed)}:{int(epoch)}:{int(batch)}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import torch
 
 from ffpipe.config import AugmentConfig
-from ffpipe.data.augment import augment, batch_generator
+from ffpipe.data.augment import augment
 from ffpipe.data.dataset import Split
 from ffpipe.errors import FFPipeError
 
@@ -31,10 +31,20 @@ def num_batches(n: int, batch_size: int, drop_last: bool = True) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit generator seed that depends on both `seed` and `epoch`, and on nothing else."""
-    digest = hashlib.sha256(f"ffpipe-epoch:{int(seed)}:{int(epoch)}".encode()).digest()
+def _hashed_seed(purpose: str, *parts: int) -> int:
+    """A 63-bit generator seed that depends on `purpose` and `parts`, and on nothing else."""
+    digest = hashlib.sha256(f"ffpipe-{purpose}:{':'.join(str(int(p)) for p in parts)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch `epoch`'s sample order."""
+    return _hashed_seed("epoch", seed, epoch)
+
+
+def augment_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+    """The generator of one training batch's augmentation draws: (seed, epoch, batch) and nothing else."""
+    return torch.Generator().manual_seed(_hashed_seed("augment", seed, epoch, batch))
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -66,9 +76,8 @@ def epoch_batches(
     if not 0 <= start_batch <= total:
         raise FFPipeError(f"start_batch must be in 0..{total}, got {start_batch}")
     device = torch.device(device)
-    if augment is not None and not (augment.shift or augment.flip):
-        augment = None
-    return _generate(split, batch_size, seed, epoch, shuffle, total, device, start_batch, augment)
+    active = augment if augment is not None and (augment.shift or augment.flip) else None
+    return _generate(split, batch_size, seed, epoch, shuffle, total, device, start_batch, active)
 
 
 def _generate(
@@ -92,7 +101,7 @@ def _generate(
             idx = order[lo:hi]
             x, y = images.index_select(0, idx), labels.index_select(0, idx)
         if augmentation is not None:
-            x = augment(x, augmentation, batch_generator(seed, epoch, b))
+            x = augment(x, augmentation, augment_generator(seed, epoch, b))
         yield to_device(x, device).to(torch.float32).div_(255.0), to_device(y, device)
 
 

@@ -7,7 +7,8 @@ import torch
 
 from ffpipe.config import AugmentConfig
 from ffpipe.data import Split, epoch_batches
-from ffpipe.data.augment import augment, batch_generator
+from ffpipe.data.augment import augment
+from ffpipe.data.batches import augment_generator as batch_generator
 
 
 def dots(n: int, size: int = 11) -> torch.Tensor:
