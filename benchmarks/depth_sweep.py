@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 from ffpipe.lab.bench import runner
-from ffpipe.lab.bench.models import DEPTH_GROUPS, FULL, QUICK, TIMED_EPOCH, config_text, deep_net
-from ffpipe.lab.bench.throughput import _grad_bytes, run_once
+from ffpipe.lab.bench.models import DEPTH_GROUPS, FULL, QUICK, TIMED_EPOCH, config_text, deep_net, timed_steps
+from ffpipe.lab.bench.throughput import grad_bytes, run_once
 from ffpipe.run.plots import save_png, subplots
 
 METHODS = (("ff_pipeline", 2), ("ddp_bp", 1))  # (method, stages) on 2 workers
@@ -40,7 +40,7 @@ def measure_net(depth: int, residual: bool, size, repeats: int, work: Path) -> d
     net = deep_net(depth, residual)
     cfg = work / f"d{depth}{'r' if residual else 'p'}.yaml"
     cfg.write_text(config_text(net, size))
-    grads, steps = _grad_bytes(cfg), TIMED_EPOCH * (size.subset // size.batch) + 1
+    grads, steps = grad_bytes(cfg), timed_steps(size)
     reps = {m: [] for m, _ in METHODS}
     for k in range(repeats):
         for method, stages in METHODS:

@@ -22,19 +22,19 @@ import time
 from pathlib import Path
 
 from ffpipe.lab.bench import runner
-from ffpipe.lab.bench.models import FULL, QUICK, TIMED_EPOCH, TIMED_TRAIN, config_text
-from ffpipe.lab.bench.throughput import _grad_bytes, run_once
+from ffpipe.lab.bench.models import FULL, QUICK, TIMED_TRAIN, config_text, timed_steps
+from ffpipe.lab.bench.throughput import grad_bytes, run_once
 
 DTYPES = ("float32", "bfloat16")
 
 
 def measure(model: str, size, repeats: int, work: Path) -> dict:
     reps = {d: [] for d in DTYPES}
-    steps = TIMED_EPOCH * (size.subset // size.batch) + 1
+    steps = timed_steps(size)
     for dtype in DTYPES:
         wire = f"pipeline: {{wire_dtype: {dtype}}}\n"
         (work / f"{model}-{dtype}.yaml").write_text(config_text(model, size, TIMED_TRAIN + wire))
-    grads = _grad_bytes(work / f"{model}-float32.yaml")
+    grads = grad_bytes(work / f"{model}-float32.yaml")
     for k in range(repeats):
         for dtype in DTYPES:
             cfg = work / f"{model}-{dtype}.yaml"

@@ -269,7 +269,7 @@ def block_specs(model_cfg, input_shape: tuple[int, int, int]) -> list[BlockSpec]
     fit) is one FFPipeError line.
     """
     per = {name: model_cfg.per_block(name) for name in ("width", "kernel", "pool", "stride", "in_pool")}
-    plan = ShortcutPlan(tuple(parse_shortcuts(model_cfg.shortcuts, model_cfg.depth)))  # the one parse
+    plan = ShortcutPlan(tuple(parse_shortcuts(model_cfg.shortcuts, model_cfg.depth)))  # carried by the specs
     specs: list[BlockSpec] = []
     shape, read = tuple(input_shape), {}
     for i in range(model_cfg.depth):

@@ -112,6 +112,12 @@ QUICK = {"mlp": Size(100, 500, 3000), "cnn": Size(4, 200, 1200), "deepcnn": Size
          **{m: Size(10, 64, 256) for m in DEEP}}
 
 
+def timed_steps(size: Size) -> int:
+    """Steps of one timed run: the warm-up epoch and the timed one (`TIMED_EPOCH`), plus one step into the next,
+    so the final evaluation falls outside the timed epoch."""
+    return TIMED_EPOCH * ((size.subset or TRAIN_IMAGES) // size.batch) + 1
+
+
 def config_text(model: str | Model, size: Size, train: str = TIMED_TRAIN, dataset: str | None = None) -> str:
     """The YAML of one model (a name in MODELS, or a Model) at one size; `train` is the train section (one
     line); `dataset` replaces the embedded slice."""

@@ -42,7 +42,18 @@ from pathlib import Path
 
 from ffpipe.errors import FFPipeError
 from ffpipe.lab.bench import runner
-from ffpipe.lab.bench.models import DEEP, FULL, MODELS, QUICK, TIMED_EPOCH, TRAIN_IMAGES, Size, attempt, config_text
+from ffpipe.lab.bench.models import (
+    DEEP,
+    FULL,
+    MODELS,
+    QUICK,
+    TIMED_EPOCH,
+    TRAIN_IMAGES,
+    Size,
+    attempt,
+    config_text,
+    timed_steps,
+)
 from ffpipe.lab.bench.throughput_tta import TTA, TTA_QUICK
 
 ROW_FIELDS = ("model", "method", "label", "stages", "replicas", "workers", "processes", "oversubscribed",
@@ -67,7 +78,7 @@ def configurations(model: str, workers: list[int], every_shape: bool = True) -> 
     return rows + [("bp", 1, 1, 1)] + [("ddp_bp", 1, 1, n) for n in workers] + accumulated
 
 
-def _grad_bytes(cfg_path: Path) -> list[int]:
+def grad_bytes(cfg_path: Path) -> list[int]:
     """float32 gradient bytes of every FF block, as the stages build them."""
     from ffpipe.config import load_config
     from ffpipe.data.loading import shape_for_config
@@ -198,10 +209,10 @@ def measure_model(model: str, size: Size, workers: list[int], repeats: int, work
                   cores: int) -> tuple[list[dict], dict]:
     """All configurations of one model, `repeats` times each; (rows, simulator profile)."""
     title = MODELS[model].title.format(w=size.width)
-    steps = TIMED_EPOCH * ((size.subset or TRAIN_IMAGES) // size.batch) + 1
+    steps = timed_steps(size)
     cfg = work / f"{model}.yaml"
     cfg.write_text(config_text(model, size))
-    grads = _grad_bytes(cfg)
+    grads = grad_bytes(cfg)
     rows, profiles = [], []
     for method, stages, replicas, n in configurations(model, workers, every_shape):
         reps = []
