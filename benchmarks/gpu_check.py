@@ -35,7 +35,7 @@ from ffpipe.config import load_config, to_dict  # noqa: E402
 from ffpipe.lab.bench import runner  # noqa: E402
 from ffpipe.lab.bench.steps import bp_step, ff_step  # noqa: E402
 from ffpipe.run.checkpoint import diff_checkpoints  # noqa: E402
-from ffpipe.run.records import BlockMeter, read_records  # noqa: E402
+from ffpipe.run.records import read_records  # noqa: E402
 from ffpipe.run.sequential import SequentialRunner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,11 +69,10 @@ def determinism(device: str, quick: bool, steps: int) -> dict:
         weights = []
         for _ in range(2):
             runner = SequentialRunner(load_config(CONFIGS["resnet17"], overrides("resnet17", device, quick)))
-            meters = [BlockMeter(stage.stat_names) for stage in runner.stages]
-            for i, packet in enumerate(runner.source.train_packets(epoch=1)):
-                if i == steps:
-                    break
-                runner.train_step(packet, meters)
+            runner.start(Path("."), resume=False)  # nothing is read or written there without resume
+            runner.set_epoch(1)
+            for step, packet in zip(range(1, steps + 1), runner.batches(1, 0)):
+                runner.train_step(step, packet)
             weights.append([t for stage in runner.stages for t in _tensors(stage.state_dict())])
     finally:
         torch.use_deterministic_algorithms(False)

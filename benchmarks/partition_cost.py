@@ -26,7 +26,7 @@ import yaml
 from ffpipe.config import from_dict
 from ffpipe.data import load_for_config
 from ffpipe.ff.blocks import block_specs
-from ffpipe.ff.packet import negative_streams
+from ffpipe.ff.network import Network
 from ffpipe.ff.partition import IN_ELEMENT, OUT_ELEMENT, block_flops, out_elements, partition
 from ffpipe.lab.bench import runner
 from ffpipe.lab.bench.models import FULL, config_text
@@ -39,8 +39,9 @@ def measure(name: str, steps: int) -> dict:
     cfg = from_dict(yaml.safe_load(config_text(name, FULL[name])))
     dataset = load_for_config(cfg.data)
     specs = block_specs(cfg.model, dataset.image_shape)
-    seconds = measure_block_seconds(cfg, dataset, specs, torch.device("cpu"), steps=steps)
-    k = negative_streams(cfg)
+    network = Network.derive(cfg, specs, dataset.num_classes)
+    seconds = measure_block_seconds(cfg, dataset, network, torch.device("cpu"), steps=steps)
+    k = network.negatives
     streams = 2 + k if k else 1
     return {"specs": specs, "negatives": k, "seconds": seconds,
             "features": [[f, streams * out_elements(s), streams * s.in_features]

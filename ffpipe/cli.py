@@ -11,9 +11,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import get_args
 
 from ffpipe.config import DEFAULT_CONFIG
+from ffpipe.config.sections import Device, KReading, Readout
 from ffpipe.errors import FFPipeError
+
+SPLITS = ("train", "val", "test")  # the data's splits, as `ffpipe.data.Dataset` names them
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -23,7 +27,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
     p.add_argument("--data-dir", help="where the dataset lives (overrides data.dir)")
     p.add_argument("--max-steps", type=int, help="stop after N training steps")
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="overrides train.device")
+    p.add_argument("--device", choices=get_args(Device), help="overrides train.device")
     p.add_argument("--out", help="run directory (default: run.out_dir/run.name)")
 
 
@@ -172,8 +176,8 @@ def _add_engine_commands(sub) -> None:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint")
     p.add_argument("--checkpoint", required=True, help="run dir (latest checkpoint) or checkpoint dir")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--readout", default="all", choices=["linear", "goodness", "group", "all"])
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--readout", default="all", choices=[*get_args(Readout), "all"])
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
@@ -197,7 +201,7 @@ def _add_engine_commands(sub) -> None:
     p.add_argument("--encoding", default="fourier", choices=["onehot", "fourier"])
     p.add_argument("--label-set", type=int, default=1)
     p.add_argument("--k", type=float, default=0.35)
-    p.add_argument("--k-reading", default="share", choices=["share", "blend"],
+    p.add_argument("--k-reading", default="share", choices=get_args(KReading),
                    help="K as the label's share of the image's intensity, or as a blend weight")
     p.add_argument("--dataset", default="fashion_mnist_small")
     p.add_argument("--data-dir")
@@ -237,7 +241,7 @@ def _add_experiment_commands(sub) -> None:
 
     p = analyze.add_parser("cam", help="class activation maps of a conv run (seed 000 §3.3)")
     p.add_argument("--checkpoint", required=True, help="run dir (latest checkpoint) or checkpoint dir")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--split", default="val", choices=SPLITS)
     p.add_argument("--n", type=int, default=8, help="number of images (the first n of the split)")
     p.add_argument("--layers", help="block indices, e.g. 2,3 (default: every block with a head slice)")
     p.add_argument("--label", default="predicted", choices=["predicted", "true"], help="class the maps are for")
@@ -247,7 +251,7 @@ def _add_experiment_commands(sub) -> None:
 
     p = analyze.add_parser("tsne", help="t-SNE of each block's positive-stream activity (seed 004 Figs. 4-5)")
     p.add_argument("--checkpoint", required=True, help="run dir (latest checkpoint) or checkpoint dir")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--split", default="val", choices=SPLITS)
     p.add_argument("--layers", default="all", help="'all', or block indices and/or 'input', e.g. input,0,2")
     p.add_argument("--n", type=int, default=2000, help="number of images (a seeded random subset)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset and of t-SNE")

@@ -28,6 +28,7 @@ import contextlib
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -47,7 +48,7 @@ from ffpipe.pipeline.control import Control
 from ffpipe.pipeline.topology import Topology
 from ffpipe.run import loop
 from ffpipe.run.checkpoint import atomic_torch_save, checkpoint_dir
-from ffpipe.run.console import TrainView
+from ffpipe.run.loop import EpochTally, Step
 from ffpipe.run.measure import MemoryMeter
 from ffpipe.run.plots import save_confusion
 
@@ -81,7 +82,7 @@ class BPRunner:
 
     def __init__(self, cfg: Config, topology: Topology):
         self.cfg, self.topology, self.cpu0 = cfg, topology, time.process_time()  # `cpu_s` counts from here
-        self.leader = topology.leader
+        self.leader, self.world = topology.leader, topology.world
         self.device = topology.device
         self.dataset = load_for_config(cfg.data)
         self.steps_per_epoch = num_batches(len(self.dataset.train), cfg.data.batch_size, drop_last=True)
@@ -120,39 +121,34 @@ class BPRunner:
     def set_epoch(self, epoch: int) -> float:
         lr = schedule_of(self.cfg.optim)(self.cfg.optim.lr, epoch, self.cfg.train.epochs)
         set_lr(self.optimizer, lr)
+        self.memory.new_epoch()
         return lr
 
-    def train(self, epoch: int, start: int, stop: int, view: TrainView) -> None:
-        sums, local, t0, step = torch.zeros(2, device=self.device), 0, time.perf_counter(), start
-        self.memory.new_epoch()
-        for x, y in epoch_batches(self.dataset.train, self.cfg.data.batch_size, seed=self.cfg.train.seed,
-                                  epoch=epoch, device=self.device, start_batch=start % self.steps_per_epoch,
-                                  augment=self.cfg.data.augment):
-            x, y = x[self.rows], y[self.rows]
-            self.model.set_step(step + 1)
-            with self.memory.step(self.model, self.optimizer, x, y):  # the epoch's first step is its sample
-                loss, correct = train_step(self.forward, self.optimizer, x, y, self.autocast, self.micro_batches,
-                                           self.no_sync)
-            sums += torch.stack([loss * len(y), correct.float()])
-            local += len(y)
-            step += 1
-            if step % 10 == 0 or step == stop:
-                view.update(step, epoch, float(loss), float(sums[1]) / local,
-                            local * self.topology.world / (time.perf_counter() - t0))
-            if step == stop:
-                break
-        self._epoch = (sums, local, time.perf_counter() - t0)
+    def batches(self, epoch: int, offset: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return epoch_batches(self.dataset.train, self.cfg.data.batch_size, seed=self.cfg.train.seed, epoch=epoch,
+                             device=self.device, start_batch=offset, augment=self.cfg.data.augment)
 
-    def end_epoch(self, epoch: int, step: int, evaluate_now: bool) -> tuple[dict, dict | None]:
-        sums, local, train_s = self._epoch
-        sums = _all_reduce(sums.detach().clone(), self.device)
-        seen = local * self.topology.world
+    def train_step(self, step: int, batch: tuple[torch.Tensor, torch.Tensor]) -> Step:
+        """This rank's shard of the global batch; DDP averages the gradients over the ranks."""
+        x, y = batch[0][self.rows], batch[1][self.rows]
+        self.model.set_step(step)
+        with self.memory.step(self.model, self.optimizer, x, y):  # the epoch's first step is its sample
+            loss, correct = train_step(self.forward, self.optimizer, x, y, self.autocast, self.micro_batches,
+                                       self.no_sync)
+        return Step(loss, correct, len(y))
+
+    def end_epoch(self, epoch: int, step: int, evaluate_now: bool, tally: EpochTally) -> tuple[dict, dict | None]:
+        sums = _all_reduce(torch.stack([torch.as_tensor(tally.loss_sum, dtype=torch.float32, device=self.device),
+                                        torch.as_tensor(tally.correct, dtype=torch.float32, device=self.device)]),
+                           self.device)
+        seen = tally.seen * self.topology.world
         loss = float(sums[0]) / seen
         if not torch.isfinite(torch.tensor(loss)):
             raise NonFiniteLoss(f"the BP loss became {loss} in epoch {epoch} (step {step}); lower optim.lr")
         memory = self.memory.read()
         peak = _all_reduce(torch.tensor([-1 if v is None else v for v in memory.values()], dtype=torch.int64),
                            self.device, dist.ReduceOp.MAX)  # -1: not measured (`train.tensor_memory` off)
+        train_s = tally.train_s
         fields = {"train_s": train_s, "samples_per_s": seen / train_s if train_s > 0 else 0.0,
                   **dict(zip(memory, (int(v) if v >= 0 else None for v in peak.tolist()))), "train_loss": loss,
                   "train_acc": float(sums[1]) / seen, "world_size": self.topology.world,

@@ -38,13 +38,14 @@ from torch import nn
 
 from ffpipe.config import Config
 from ffpipe.errors import FFPipeError
-from ffpipe.ff.blocks import BlockSpec, build_block
-from ffpipe.ff.head import GradAverage, HeadSlices, exit_predictions, head_loss, readout_blocks
+from ffpipe.ff.blocks import build_block
+from ffpipe.ff.head import GradAverage, HeadSlices, exit_predictions, head_loss
+from ffpipe.ff.network import Network
 from ffpipe.ff.norm import between_blocks
 from ffpipe.ff.objectives import make_objective
 from ffpipe.ff.optim import make_optimizer, schedule_of, set_lr
-from ffpipe.ff.packet import Packet, negative_streams
-from ffpipe.ff.shortcuts import ShortcutPlan, join
+from ffpipe.ff.packet import Packet
+from ffpipe.ff.shortcuts import join
 
 if TYPE_CHECKING:  # the runner's timer; the algorithm never imports the run loop
     from ffpipe.run.measure import DeviceTimer
@@ -76,20 +77,21 @@ class Computed:
 class Stage:
     """Blocks `first..last-1` (global indices) with one optimizer each, their objectives and head slices."""
 
-    def __init__(self, cfg: Config, specs: list[BlockSpec], first: int, last: int, num_classes: int,
-                 device: torch.device | str = "cpu", average_grads: GradAverage | None = None):
+    def __init__(self, cfg: Config, network: Network, first: int, last: int, device: torch.device | str = "cpu",
+                 average_grads: GradAverage | None = None):
+        """`network`: what the whole network is (`ffpipe.ff.network`), derived once by the model for every
+        stage; `cfg` gives the sections that set how this stage trains (model, loss, optim, head, train)."""
+        specs, num_classes = network.specs, network.num_classes
         if not 0 <= first < last <= len(specs):
             raise FFPipeError(f"stage blocks {first}..{last - 1} are outside the {len(specs)}-block model")
         self.cfg, self.first, self.last, self.num_blocks = cfg, first, last, len(specs)
         self.num_classes = num_classes
         self.device = torch.device(device)
         self.indices = list(range(first, last))
-        self.overlays = cfg.loss.family != "group_ce"
-        self.negatives = negative_streams(cfg)
+        self.overlays, self.negatives, self.shortcuts = network.overlays, network.negatives, network.shortcuts
         self.backprop_chunk = cfg.train.chunk_mode == "backprop"
         self.average_grads = average_grads
         self.normalize = between_blocks(cfg.model, num_classes)
-        self.shortcuts = ShortcutPlan.of(specs)
         self.blocks = nn.ModuleList(build_block(specs[i], cfg.train.seed) for i in self.indices).to(self.device)
         self.objectives = nn.ModuleList(make_objective(cfg.loss, specs[i], num_classes)
                                         for i in self.indices).to(self.device)
@@ -103,9 +105,8 @@ class Stage:
         self.sig_optims = [make_optimizer([obj.significance], o.name, cfg.loss.significance_lr, momentum=o.momentum)
                            if obj.significance is not None and t else None
                            for obj, t in zip(self.objectives, self.has_loss)]
-        readout = readout_blocks(cfg, len(specs))
-        self.readout = set(readout)
-        heads = [] if cfg.head.mode == "none" else [i for i in self.indices if i in self.readout]
+        self.readout = network.readout
+        heads = [i for i in self.indices if i in self.readout] if network.heads else []
         self.head = HeadSlices(cfg, {i: specs[i].units for i in heads}, num_classes, self.device)
         self.first_bad_step = torch.full((len(self.indices),), -1, dtype=torch.long, device=self.device)
         self._lr = cfg.optim.lr

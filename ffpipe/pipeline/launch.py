@@ -21,16 +21,15 @@ import torch.distributed as dist
 
 from ffpipe.config import Config
 from ffpipe.errors import FFPipeError
-from ffpipe.ff.head import readout_blocks
-from ffpipe.ff.packet import WIRE_DTYPES, negative_streams
+from ffpipe.ff.packet import WIRE_DTYPES
 from ffpipe.ff.partition import partition_table
-from ffpipe.ff.shortcuts import ShortcutPlan
 from ffpipe.pipeline import topology as topology_mod
 from ffpipe.pipeline.control import Control
 from ffpipe.pipeline.head_channel import HeadChannel
-from ffpipe.pipeline.runner import PipelineRunner, start_stage
+from ffpipe.pipeline.nccl_order import emulating_nccl
+from ffpipe.pipeline.schedule import PipelineRunner, follow, start_stage
 from ffpipe.pipeline.topology import Topology
-from ffpipe.pipeline.wire import PeerError, Receiver, Sender, configure_process, emulating_nccl
+from ffpipe.pipeline.wire import PeerError, Receiver, Sender, configure_process
 from ffpipe.pipeline.worker import Links, StageWorker
 from ffpipe.run import loop
 from ffpipe.run.console import final_line
@@ -63,7 +62,7 @@ def run_worker(cfg: Config, out: str | None, resume: bool) -> int:
                 print(final_line(run_dir, summary["step"], summary["test"]))
         else:
             start_stage(worker, run_dir, resume)
-            worker.follow()
+            follow(worker)
         worker.links.close()
         topology_mod.leave(topology.device)
         return 0
@@ -112,23 +111,20 @@ def read_error(path: Path) -> str:
 def _build(cfg: Config, topology: Topology, control: Control, run_dir: Path, average_grads,
            backward_group) -> StageWorker:
     measured = cfg.pipeline.partition == "measured"  # rank 0 measures; every stage must use its partition
-    if topology.leader:
-        model = Model.build(cfg, topology.device)
-        if measured:
-            control.put("partition/seconds", model.seconds)
-    else:
-        model = Model.build(cfg, topology.device, control.get("partition/seconds") if measured else None)
-    owns_head = [any(i in readout_blocks(cfg, model.num_blocks) for i in range(first, last)) and
-                 cfg.head.mode != "none" for first, last in model.bounds]
+    model = Model.build(cfg, topology.device) if topology.leader else None
+    seconds = control.agree("partition/seconds", lambda: model.seconds, topology.leader) if measured else None
+    if model is None:
+        model = Model.build(cfg, topology.device, seconds)
+    owns_head = model.owns_head()
     wire = {"depth": cfg.pipeline.queue_depth, "device": topology.device, "abort_check": control.error,
             "timeout_s": cfg.pipeline.timeout_s}
     links = Links(prev=Receiver(topology.previous, **wire) if topology.previous is not None else None,
                   next=Sender(topology.next, **wire) if topology.next is not None else None,
                   head=HeadChannel(cfg, topology, owns_head, **wire, group=backward_group))
     if topology.leader:
-        plan = ShortcutPlan.of(model.specs)
+        net = model.network
         element_bytes = WIRE_DTYPES[cfg.pipeline.wire_dtype].itemsize
-        print(partition_table(model.specs, model.bounds, negative_streams(cfg), model.seconds, plan, element_bytes),
+        print(partition_table(model.specs, model.bounds, net.negatives, model.seconds, net.shortcuts, element_bytes),
               flush=True)
         if emulating_nccl():
             print("NCCL pair emulation on (FFPIPE_EMULATE_NCCL=1): one in-order queue per rank pair and process "

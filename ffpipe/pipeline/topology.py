@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from ffpipe.device import choose_device
 from ffpipe.errors import FFPipeError
-from ffpipe.pipeline.wire import synchronize_device
+from ffpipe.pipeline.nccl_order import synchronize_device
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def leave(device: torch.device) -> None:
     """The orderly end of a job: every rank meets once, after its channels have ended, so no rank tears the
     process group down while a peer's last collective is still in flight (that aborted torchrun workers with
     SIGABRT), then the group goes. First the device is synchronized as a whole, as NCCL sees it
-    (`wire.synchronize_device`): a send or receive still posted here would hang it, also under the CPU's
+    (`nccl_order.synchronize_device`): a send or receive still posted here would hang it, also under the CPU's
     NCCL emulation, where the tests run pipelines."""
     synchronize_device(device)
     if dist.is_initialized():

@@ -23,14 +23,8 @@ sharing one GPU, `ffpipe.device.choose_device`) travel through host memory: gloo
 tensors only. The background threads do the copies on their own streams (a send's copy first waits for an
 event of the caller's stream), so the caller still never waits for the device.
 
-NCCL's pair semantics on the CPU (`FFPIPE_EMULATE_NCCL=1`, for tests): ProcessGroupNCCL runs every send and
-receive between two ranks of one process group on one in-order stream, whatever their direction, so a
-receive posted first blocks a later send on that pair until it completes; and `cudaDeviceSynchronize`
-waits for NCCL's kernels too. gloo has neither property, so a schedule that deadlocks under NCCL runs fine
-on gloo. Under the emulation every op of a (process group, rank pair) runs through one in-order queue here
-(`_PairQueue`), and `synchronize_device` waits until every op this process posted has completed: what a
-device-wide synchronize would wait for. The pipeline's channels obey both rules by design (each direction
-of a rank pair on its own process group; no device-wide synchronize while ops are posted).
+Under `FFPIPE_EMULATE_NCCL=1` every send and receive is posted through `ffpipe.pipeline.nccl_order`,
+which gives gloo NCCL's pair order (for tests).
 
 Ending a channel: STOP and ERROR are the last message of a channel; after them the sender refuses sends
 and the receiver's pump stops, so it leaves no receive posted behind. Every channel ends that way, also one
@@ -40,21 +34,20 @@ in a posted receive when the process group is torn down makes gloo call std::ter
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
 from ffpipe.errors import FFPipeError
+from ffpipe.pipeline.buffers import BufferPool
 from ffpipe.pipeline.envelope import (
     HEADER_BYTES,
     LAST_KINDS,
-    Envelope,
     Kind,
     Message,
     PeerError,
@@ -64,9 +57,9 @@ from ffpipe.pipeline.envelope import (
     next_envelope_bytes,
     specs_of,
 )
+from ffpipe.pipeline.nccl_order import post as _post
 
-__all__ = ["Kind", "Message", "PeerError", "Receiver", "Sender", "configure_process", "emulating_nccl",
-           "synchronize_device"]
+__all__ = ["Kind", "Message", "PeerError", "Receiver", "Sender", "configure_process"]
 
 _POLL_S = 0.2  # how often a blocked caller runs abort_check
 _SWITCH_INTERVAL_S = 5e-4
@@ -77,94 +70,6 @@ def configure_process() -> None:
     5 ms GIL switch interval a finished receive can wait that long for the compute thread to let go
     (measured: 4.9 ms vs 0.9 ms per small message), so the interval is cut to 0.5 ms."""
     sys.setswitchinterval(_SWITCH_INTERVAL_S)
-
-
-_EMULATE_NCCL = os.environ.get("FFPIPE_EMULATE_NCCL") == "1"  # read once: every send and receive asks
-
-
-def emulating_nccl() -> bool:
-    """Whether this process runs the wire under NCCL's pair semantics (`FFPIPE_EMULATE_NCCL=1`)."""
-    return _EMULATE_NCCL
-
-
-class _QueuedWork:
-    """A send or receive waiting its turn on its pair's queue; `wait()` as a torch work's."""
-
-    def __init__(self, start: Callable[[], object]):
-        self.start = start
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-
-    def wait(self) -> bool:
-        self.done.wait()
-        if self.error is not None:
-            raise self.error
-        return True
-
-
-class _PairQueue:
-    """One rank pair's ops of one process group, run one at a time in the order they were posted, by one
-    thread: the next op is posted to gloo only once the previous has completed. After a failure every later
-    op fails with it, as a broken NCCL communicator does."""
-
-    _all: dict[tuple[int, int], _PairQueue] = {}
-    _lock = threading.Lock()
-    _posted: set[_QueuedWork] = set()
-    _idle = threading.Condition(_lock)
-
-    def __init__(self):
-        self.ops: deque[_QueuedWork] = deque()
-        self.cond = threading.Condition()
-        self.failed: BaseException | None = None
-        threading.Thread(target=self._run, name="ffpipe-nccl-pair", daemon=True).start()
-
-    @classmethod
-    def post(cls, group, peer: int, start: Callable[[], object]) -> _QueuedWork:
-        key = (id(group if group is not None else dist.group.WORLD), peer)
-        with cls._lock:
-            queue = cls._all.get(key) or cls._all.setdefault(key, cls())
-            work = _QueuedWork(start)
-            cls._posted.add(work)
-        with queue.cond:
-            queue.ops.append(work)
-            queue.cond.notify()
-        return work
-
-    def _run(self) -> None:
-        while True:
-            with self.cond:
-                self.cond.wait_for(lambda: self.ops)
-                work = self.ops.popleft()
-            if self.failed is None:
-                try:
-                    work.start().wait()
-                except BaseException as exc:
-                    self.failed = exc
-            work.error = self.failed
-            work.done.set()
-            with self._idle:
-                self._posted.discard(work)
-                self._idle.notify_all()
-
-
-def synchronize_device(device: torch.device) -> None:
-    """A device-wide synchronize as NCCL makes it: on CUDA `torch.cuda.synchronize`, which also waits for NCCL's
-    kernels, that is for every send and receive this process has posted; under the emulation, a wait until
-    every op posted through it has completed. It deadlocks wherever a peer still waits on this process, so
-    the only caller is `topology.leave`, after every channel of the run has ended."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    if _EMULATE_NCCL:
-        with _PairQueue._idle:
-            _PairQueue._idle.wait_for(lambda: not _PairQueue._posted)
-
-
-def _post(op: Callable, tensor: torch.Tensor, peer: int, group):
-    """Start `op` (`dist.isend` or `dist.irecv`) of `tensor` with `peer`; under the emulation, in turn on the
-    pair's queue."""
-    if _EMULATE_NCCL:
-        return _PairQueue.post(group, peer, lambda: op(tensor, peer, group=group))
-    return op(tensor, peer, group=group)
 
 
 def _complete(works: list, device: torch.device) -> None:
@@ -257,42 +162,6 @@ class _Endpoint:
         return thread
 
 
-class _BufferPool:
-    """Reusable buffers (tensors by (shape, dtype), envelopes by size), so a steady stream allocates nothing.
-    A buffer given back with a CUDA event is reused only after that event (the last use on the giver's
-    stream)."""
-
-    def __init__(self, end: _Endpoint):
-        self._end = end
-        self._free: dict[Hashable, list[tuple[object, torch.cuda.Event | None]]] = {}
-        self.allocations = 0
-
-    def _take(self, key: Hashable, make: Callable[[], object]):
-        with self._end.cond:
-            free = self._free.get(key)
-            found = free.pop() if free else None
-            if found is None:
-                self.allocations += 1
-        if found is None:
-            return make()
-        item, event = found
-        if event is not None:
-            torch.cuda.current_stream(self._end.device).wait_event(event)
-        return item
-
-    def tensor(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        return self._take((shape, dtype), lambda: torch.empty(shape, dtype=dtype, device=self._end.device))
-
-    def envelope(self, size: int) -> Envelope:
-        return self._take(size, lambda: Envelope(size, self._end.device))
-
-    def give_back(self, items: list[torch.Tensor | Envelope], event: torch.cuda.Event | None) -> None:
-        with self._end.cond:
-            for item in items:
-                key = item.buffer.numel() if isinstance(item, Envelope) else (tuple(item.shape), item.dtype)
-                self._free.setdefault(key, []).append((item, event))
-
-
 class Sender:
     """Sends messages to `peer`; up to `depth` of them may be in flight before `send` blocks.
 
@@ -308,7 +177,7 @@ class Sender:
     def __init__(self, peer: int, *, depth: int = 2, device: torch.device | str = "cpu", group=None,
                  timeout_s: float = 60.0, abort_check: Callable[[], str | None] | None = None):
         self._end = _Endpoint(peer, depth, device, group, timeout_s, abort_check)
-        self._pool = _BufferPool(self._end)
+        self._pool = BufferPool(self._end.cond, self._end.device)
         self._pending: deque[tuple[Kind, list, list[torch.Tensor], list[torch.Tensor]]] = deque()
         self._in_flight = 0
         self._closed = False
@@ -415,7 +284,7 @@ class Receiver:
     def __init__(self, peer: int, *, depth: int = 2, device: torch.device | str = "cpu", group=None,
                  timeout_s: float = 60.0, abort_check: Callable[[], str | None] | None = None):
         self._end = _Endpoint(peer, depth, device, group, timeout_s, abort_check)
-        self._pool = _BufferPool(self._end)
+        self._pool = BufferPool(self._end.cond, self._end.device)
         self._ready: deque[tuple[Message, list, int]] = deque()  # message, its buffers, bytes
         self._held = 0  # messages the pump is receiving or has ready, not yet taken by recv()
         self._lent: list = []  # the buffers of the message the caller holds

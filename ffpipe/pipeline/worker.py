@@ -1,18 +1,13 @@
-"""The schedule: what one pipeline stage does, and when. How the bytes move is `wire.py`'s business.
+"""What one pipeline stage does with each message. When messages come is `schedule.py`'s business; how their
+bytes move is `wire.py`'s.
 
 Every process runs one `Stage` — the very object the sequential runner runs — on each training packet:
 receive → `Stage.compute` → send the outputs on → `Stage.apply` → the head channel's step. The outputs leave
 *before* the update, so the next stage starts early, and they equal what sequential FF computes, because
-`compute` uses the weights as they were before this step's update. Stage 0 of each replica reads the data and
-drives the run through THE epoch loop (`ffpipe.run.loop`, via `PipelineRunner`): it decides when an epoch
-ends, when to evaluate and when to stop, and the other stages follow its messages:
-
-    TRAIN × steps  →  EVAL × packets (validation, when due)  →  EPOCH_END  → … → EVAL (test) → EPOCH_END → STOP
-
-At EPOCH_END every stage applies its owed head errors, reports its epoch (per-block statistics, compute, idle
-and send-blocked time, bytes, memory) through the control plane and writes its checkpoint shard; rank 0
-assembles the record and the manifest. Nothing ever flows to an FF block from a later stage; the one
-backward message is the joint head's error (`head_channel`).
+`compute` uses the weights as they were before this step's update. At EPOCH_END every stage applies its owed
+head errors, reports its epoch (per-block statistics, compute, idle and send-blocked time, bytes, memory)
+through the control plane and writes its checkpoint shard. Nothing ever flows to an FF block from a later
+stage; the one backward message is the joint head's error (`head_channel`).
 
 No host sync in a training step (what a GPU stage needs to run ahead of its kernels): statistics and the
 head's correct count stay on the device until the epoch's end, the live snapshot reads them only when one is
@@ -30,9 +25,9 @@ from pathlib import Path
 import torch
 
 from ffpipe.config import Config
-from ffpipe.ff.head import Tally, readout_blocks
+from ffpipe.ff.head import Tally
 from ffpipe.ff.packet import VIEWS, Packet, narrows
-from ffpipe.pipeline.control import Control
+from ffpipe.pipeline.control import SPLITS, Close, Control
 from ffpipe.pipeline.head_channel import HeadChannel
 from ffpipe.pipeline.topology import Topology
 from ffpipe.pipeline.wire import Kind, Message, Receiver, Sender
@@ -41,7 +36,6 @@ from ffpipe.run.model import Model
 from ffpipe.run.plots import save_confusion
 from ffpipe.run.records import BlockMeter
 
-SPLITS = ("val", "test")
 STAGE_SPAN = "stage"  # the timer key of the stage's whole step (blocks, head, optimizer steps)
 
 
@@ -111,7 +105,6 @@ class StageWorker:
         self.run_dir = run_dir
         self.timer = DeviceTimer(model.device)
         self.fault_step = _fault_step(self.index)
-        self.epoch_seen = 0
         self.memory: MemoryMeter | None = None
 
     def start(self) -> None:
@@ -124,7 +117,7 @@ class StageWorker:
         self.meter = BlockMeter(self.stage.stat_names)
         self.timer.reset()
         self.seen, self.head_correct = 0, torch.zeros((), device=self.stage.device)
-        self.tally = {split: Tally(list(self.cfg.head.readouts), readout_blocks(self.cfg, self.model.num_blocks))
+        self.tally = {split: Tally(list(self.cfg.head.readouts), sorted(self.model.network.readout))
                       for split in SPLITS}
         self.t0 = self.train_end = time.perf_counter()
         self.train_idle = 0.0
@@ -175,45 +168,25 @@ class StageWorker:
         else:
             self.tally[split].add(out)
 
-    def send_control(self, kind: Kind, step: int, epoch: int) -> None:
+    def send_control(self, kind: Kind, step: int, epoch: int, tags: tuple[int, ...] = ()) -> None:
         if self.links.next is not None:
-            self.links.next.send(kind, step, epoch)
-
-    # -- the stages after the first follow ------------------------------------------------------------------
-    def follow(self) -> None:
-        while True:
-            msg = self.links.prev.recv()
-            if msg.kind == Kind.TRAIN:
-                if msg.epoch != self.epoch_seen:
-                    self.epoch_seen = msg.epoch
-                    self.stage.set_epoch(msg.epoch, self.cfg.train.epochs)
-                self.train_step(unpack(msg, self.wire_dtype)[0])
-            elif msg.kind == Kind.EVAL:
-                self.eval_step(*unpack(msg, self.wire_dtype))
-            elif msg.kind == Kind.EPOCH_END:
-                self.send_control(Kind.EPOCH_END, msg.step, msg.epoch)
-                self.end_epoch(msg.step, msg.epoch, True)
-            elif msg.kind == Kind.STOP:
-                self.send_control(Kind.STOP, msg.step, msg.epoch)
-                self.links.head.stop(msg.step)
-                return
+            self.links.next.send(kind, step, epoch, tags=tags)
 
     # -- epoch boundary ---------------------------------------------------------------------------------------
-    def end_epoch(self, step: int, epoch: int, evaluated: bool) -> None:
-        """Apply the epoch's owed head errors; publish the stage's report, its checkpoint shard and, at the
-        last stage, the readouts (epoch 0: the test)."""
+    def end_epoch(self, close: Close) -> None:
+        """Apply the epoch's owed head errors; publish the stage's report and its checkpoint shard (a training
+        epoch) and, at the last stage, the readouts of the split it closes."""
         self.links.head.drain(self.stage)
-        if epoch:
-            self.stage.check_finite(epoch)
-        key = f"epoch/{epoch}/{step}"
+        if close.trained:
+            self.stage.check_finite(close.epoch)
         if not self.reports:
             self._reset_epoch()
             return
-        if epoch:
+        if close.trained:
             prev = self.links.prev.stats() if self.links.prev else {"idle_s": 0.0, "bytes": 0}
             nxt = self.links.next.stats() if self.links.next else {"blocked_s": 0.0, "bytes": 0}
             seconds = self.timer.totals()
-            self.control.put(f"{key}/stage/{self.index}", {
+            self.control.put_report(close, self.index, {
                 "stage": self.index, "blocks": self.meter.rows(seconds), "steps": self.meter.steps,
                 "samples": self.seen, "wall_s": self.train_end - self.t0, "compute_s": seconds.get(STAGE_SPAN, 0.0),
                 "idle_s": self.train_idle,
@@ -222,13 +195,13 @@ class StageWorker:
             for link in (self.links.prev, self.links.next):
                 if link is not None:
                     link.reset_stats()
-            self.model.save_shard(self.run_dir, epoch, self.stage)
-            self.control.put(f"{key}/shard/{self.index}", True)
+            self.model.save_shard(self.run_dir, close.epoch, self.stage)
+            self.control.put_shard_written(close, self.index)
         if self.topology.last:
-            tally = self.tally["val" if epoch else "test"]
-            result = tally.result() if evaluated and tally.seen else None
-            self.control.put(f"{key}/result", {"eval": result, "head_correct": float(self.head_correct)})
-            found = tally.confusion(self.model.dataset.num_classes) if not epoch and tally.seen else None
+            tally = self.tally[close.split] if close.split is not None else None
+            self.control.put_readouts(close, tally.result() if tally is not None and tally.seen else None,
+                                      float(self.head_correct))
+            found = tally.confusion(self.model.dataset.num_classes) if close.split == "test" and tally.seen else None
             if found is not None:
                 save_confusion(found[1], self.model.dataset.class_names, self.run_dir / "confusion.json",
                                self.run_dir / "confusion.png")

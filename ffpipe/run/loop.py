@@ -1,22 +1,26 @@
 """THE epoch loop: every training run of ffpipe is this loop driving a `Runner`.
 
-The sequential FF runner (`ffpipe.run.sequential`), the pipeline's driving ranks (`ffpipe.pipeline.worker`)
+The sequential FF runner (`ffpipe.run.sequential`), the pipeline's driving ranks (`ffpipe.pipeline.schedule`)
 and the BP baseline (`ffpipe.baselines.ddp`) differ in how a step runs and where its numbers come from; the
 loop alone decides everything else, once: the run directory and its config, where a resumed run starts, the
 epoch and step arithmetic (`train.epochs`, `train.max_steps`), the learning rate of each epoch, when to
-evaluate (`train.eval_every`, and always after the last step), the records (`ffpipe.run.records`), when to
-checkpoint (every epoch end, and where `max_steps` stops the run), the final test with the block range that
-validation chose, and the curves. Only the leader (rank 0) writes files and prints; every rank of a
-distributed runner runs the loop, so collectives line up.
+evaluate (`train.eval_every`, and always after the last step), the steps of each epoch (where a resumed run
+picks up inside one, when the epoch or `train.max_steps` stops, when the progress bar updates), the records
+(`ffpipe.run.records`), when to checkpoint (every epoch end, and where `max_steps` stops the run), the final
+test with the block range that validation chose, and the curves. Only the leader (rank 0) writes files and
+prints; every rank of a distributed runner runs the loop, so collectives line up.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import torch
 from rich.console import Console
 
 from ffpipe.config import Config, dump_config
@@ -26,6 +30,35 @@ from ffpipe.run.console import TrainView
 from ffpipe.run.plots import plot_curves
 from ffpipe.run.records import MetricsLog, epoch_record, error_record, read_records, test_record
 
+VIEW_EVERY = 10  # steps between progress-bar updates (each reads the step's loss off the device)
+
+
+@dataclass
+class Step:
+    """What one training step tells the loop: its mean loss and its head's correct count (device tensors,
+    read only when the view is due), and the samples it trained on in this process."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor | None
+    n: int
+
+
+@dataclass
+class EpochTally:
+    """The loop's count of an epoch's training in this process: wall seconds, samples, and the sums of
+    loss × samples and of the head's correct answers (device tensors until the epoch's record reads them)."""
+
+    train_s: float = 0.0
+    seen: int = 0
+    loss_sum: torch.Tensor | float = 0.0
+    correct: torch.Tensor | float = 0.0
+
+    def add(self, step: Step) -> None:
+        self.seen += step.n
+        self.loss_sum = self.loss_sum + step.loss.detach() * step.n
+        if step.correct is not None:
+            self.correct = self.correct + step.correct
+
 
 class Runner(Protocol):
     """One way of training, as the loop drives it."""
@@ -34,6 +67,7 @@ class Runner(Protocol):
     leader: bool  # writes the run's files (rank 0)
     steps_per_epoch: int
     progress_bar: bool  # False where the runner shows a live view of its own (`live`)
+    world: int  # processes that each train on a shard of every batch: the progress bar's rate counts them all
 
     def live(self, console: Console) -> contextlib.AbstractContextManager:
         """The runner's own live view on the run's console, for the run's duration (or a null context)."""
@@ -42,14 +76,19 @@ class Runner(Protocol):
         """Ready to train (a resumed run loads its newest complete checkpoint); the step to continue after."""
 
     def set_epoch(self, epoch: int) -> float:
-        """Set the learning rates of `epoch` (1-indexed); return the blocks' rate, for the record."""
+        """Start `epoch` (1-indexed): its learning rates and counters; return the blocks' rate, for the record."""
 
-    def train(self, epoch: int, start: int, stop: int, view: TrainView) -> None:
-        """Run steps start+1 .. stop of training (all within `epoch`)."""
+    def batches(self, epoch: int, offset: int) -> Iterable:
+        """The epoch's training batches from batch `offset` (0-indexed) on; the loop takes what it needs."""
 
-    def end_epoch(self, epoch: int, step: int, evaluate: bool) -> tuple[dict, dict | None]:
+    def train_step(self, step: int, batch) -> Step | None:
+        """Train on `batch` as step `step` (1-indexed over the run); None where the runner reports no step
+        (a pipeline's stages report at the epoch's end)."""
+
+    def end_epoch(self, epoch: int, step: int, evaluate: bool, tally: EpochTally) -> tuple[dict, dict | None]:
         """Close the epoch: the record's fields (`EPOCH_FIELDS` but epoch, step and lr, and the runner's own)
-        and, when `evaluate`, the validation readouts. Raises `NonFiniteLoss` when a loss went non-finite."""
+        from `tally` and the runner's meters and, when `evaluate`, the validation readouts. Raises
+        `NonFiniteLoss` when a loss went non-finite."""
 
     def checkpoint(self, run_dir: Path, epoch: int, step: int) -> None:
         """Write a complete checkpoint of the state after `step`."""
@@ -77,6 +116,22 @@ def evaluation_due(cfg: Config, epoch: int, step: int, last: int) -> bool:
     return epoch % cfg.train.eval_every == 0 or step == last
 
 
+def train_epoch(runner: Runner, epoch: int, start: int, stop: int, view: TrainView) -> EpochTally:
+    """Steps start+1 .. stop, all within `epoch`; a resumed run starts inside the epoch, at its offset."""
+    tally, t0 = EpochTally(), time.perf_counter()
+    # range first: zip stops on it without drawing one batch too many
+    for step, batch in zip(range(start + 1, stop + 1), runner.batches(epoch, start % runner.steps_per_epoch)):
+        done = runner.train_step(step, batch)
+        if done is None:
+            continue
+        tally.add(done)
+        if view.live and (step % VIEW_EVERY == 0 or step == stop):
+            view.update(step, epoch, float(done.loss), float(tally.correct) / tally.seen,
+                        tally.seen * runner.world / (time.perf_counter() - t0))
+    tally.train_s = time.perf_counter() - t0
+    return tally
+
+
 def train(runner: Runner, run_dir: Path, resume: bool = False) -> dict:
     """Train with `runner` to the end; returns the summary {run_dir, step, val, test}."""
     cfg = runner.cfg
@@ -96,11 +151,11 @@ def train(runner: Runner, run_dir: Path, resume: bool = False) -> dict:
             t0 = time.perf_counter()
             lr = runner.set_epoch(epoch)
             stop = min(epoch * spe, last)
-            runner.train(epoch, step, stop, view)
+            tally = train_epoch(runner, epoch, step, stop, view)
             step = stop
             evaluate = evaluation_due(cfg, epoch, step, last)
             try:
-                fields, epoch_val = runner.end_epoch(epoch, step, evaluate)
+                fields, epoch_val = runner.end_epoch(epoch, step, evaluate, tally)
             except NonFiniteLoss as exc:
                 if log is not None:
                     log.write(error_record(epoch, step, str(exc)))

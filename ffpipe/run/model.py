@@ -17,7 +17,8 @@ from ffpipe.config import Config, to_dict
 from ffpipe.data import Dataset, load_for_config
 from ffpipe.ff.blocks import BlockSpec, block_specs
 from ffpipe.ff.head import GradAverage
-from ffpipe.ff.packet import PacketSource, negative_streams
+from ffpipe.ff.network import Network
+from ffpipe.ff.packet import PacketSource
 from ffpipe.ff.partition import partition
 from ffpipe.ff.stage import Stage
 from ffpipe.run.checkpoint import checkpoint_dir, load_checkpoint, prune_checkpoints, save_shard, write_manifest
@@ -31,6 +32,7 @@ class Model:
     specs: list[BlockSpec]
     bounds: list[tuple[int, int]]
     device: torch.device
+    network: Network  # derived once here, handed to every stage
     seconds: list[float] | None = None  # the measured block times, for `pipeline.partition: measured`
 
     @classmethod
@@ -38,10 +40,11 @@ class Model:
         """`seconds`: per-block times for `pipeline.partition: measured`; measured here when not given."""
         dataset = load_for_config(cfg.data)
         specs = block_specs(cfg.model, dataset.image_shape)
+        network = Network.derive(cfg, specs, dataset.num_classes)
         if cfg.pipeline.partition == "measured" and seconds is None:
-            seconds = measure_block_seconds(cfg, dataset, specs, device)
-        bounds = partition(specs, cfg.pipeline.stages, cfg.pipeline.partition, negative_streams(cfg), seconds)
-        return cls(cfg, dataset, specs, bounds, device, seconds)
+            seconds = measure_block_seconds(cfg, dataset, network, device)
+        bounds = partition(specs, cfg.pipeline.stages, cfg.pipeline.partition, network.negatives, seconds)
+        return cls(cfg, dataset, specs, bounds, device, network, seconds)
 
     @property
     def num_blocks(self) -> int:
@@ -49,7 +52,11 @@ class Model:
 
     def stage(self, k: int, average_grads: GradAverage | None = None) -> Stage:
         first, last = self.bounds[k]
-        return Stage(self.cfg, self.specs, first, last, self.dataset.num_classes, self.device, average_grads)
+        return Stage(self.cfg, self.network, first, last, self.device, average_grads)
+
+    def owns_head(self) -> list[bool]:
+        """Per stage, whether it holds a head slice (the joint head's error channel reaches those)."""
+        return [self.network.owns_head(first, last) for first, last in self.bounds]
 
     def stages(self) -> list[Stage]:
         return [self.stage(k) for k in range(len(self.bounds))]
@@ -88,12 +95,12 @@ class Model:
         return meta
 
 
-def measure_block_seconds(cfg: Config, dataset: Dataset, specs: list[BlockSpec], device: torch.device,
+def measure_block_seconds(cfg: Config, dataset: Dataset, network: Network, device: torch.device,
                           steps: int = 6) -> list[float]:
     """Median seconds per training step of each block (compute + apply, as `DeviceTimer` measures them), on a throwaway
     one-stage copy of the network run for a few real steps, for `pipeline.partition: measured`. The first
     step is a warm-up."""
-    stage = Stage(cfg, specs, 0, len(specs), dataset.num_classes, device)
+    stage = Stage(cfg, network, 0, len(network), device)
     timer, samples = DeviceTimer(device), []
     for i, packet in enumerate(PacketSource(cfg, dataset, device).train_packets(epoch=1)):
         if i > steps:
@@ -102,5 +109,5 @@ def measure_block_seconds(cfg: Config, dataset: Dataset, specs: list[BlockSpec],
         stage.step(packet, timer)
         if i:
             seconds = timer.totals()
-            samples.append([seconds[k] for k in range(len(specs))])
+            samples.append([seconds[k] for k in range(len(network))])
     return [sorted(column)[len(column) // 2] for column in zip(*samples)]

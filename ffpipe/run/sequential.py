@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -22,12 +23,12 @@ from ffpipe.config import Config, from_dict
 from ffpipe.data import Split
 from ffpipe.device import choose_device
 from ffpipe.errors import FFPipeError
-from ffpipe.ff.head import Tally, joint_error, readout_blocks, views_for
+from ffpipe.ff.head import Tally, joint_error, views_for
 from ffpipe.ff.packet import Packet, PacketSource
 from ffpipe.ff.stage import Stage
 from ffpipe.run import loop
 from ffpipe.run.checkpoint import latest_checkpoint, resolve_checkpoint
-from ffpipe.run.console import TrainView
+from ffpipe.run.loop import EpochTally, Step
 from ffpipe.run.measure import DeviceTimer, MemoryMeter
 from ffpipe.run.model import Model
 from ffpipe.run.plots import save_confusion
@@ -37,7 +38,7 @@ from ffpipe.run.records import BlockMeter
 def evaluate(cfg: Config, stages: list[Stage], source: PacketSource, split: Split) -> Tally:
     """Every readout of `cfg` on `split`, the stages run one after another on each batch, the packet crossing
     each boundary between them as the pipeline's evaluation packets cross the wire."""
-    tally = Tally(list(cfg.head.readouts), readout_blocks(cfg, stages[-1].last))
+    tally = Tally(list(cfg.head.readouts), sorted(stages[-1].readout))
     wire = cfg.pipeline.wire_dtype
     for view in views_for(cfg):
         t0 = time.perf_counter()
@@ -52,6 +53,7 @@ def evaluate(cfg: Config, stages: list[Stage], source: PacketSource, split: Spli
 class SequentialRunner:
     leader = True
     progress_bar = True
+    world = 1
 
     def __init__(self, cfg: Config):
         self.cfg, self.cpu0 = cfg, time.process_time()  # `cpu_s` counts from here (records.py)
@@ -60,7 +62,6 @@ class SequentialRunner:
         self.source = self.model.source()
         self.steps_per_epoch = self.source.steps_per_epoch
         self.timer = DeviceTimer(self.model.device)
-        self._epoch: dict = {}
         self._test: Tally | None = None
 
     def live(self, console) -> contextlib.AbstractContextManager:
@@ -76,49 +77,39 @@ class SequentialRunner:
     def set_epoch(self, epoch: int) -> float:
         for stage in self.stages:
             stage.set_epoch(epoch, self.cfg.train.epochs)
-        return self.stages[0].lr
-
-    def train(self, epoch: int, start: int, stop: int, view: TrainView) -> None:
-        meters = [BlockMeter(stage.stat_names) for stage in self.stages]
+        self.meters = [BlockMeter(stage.stat_names) for stage in self.stages]
         self.memory.new_epoch()
         self.timer.reset()
-        t0, seen, correct = time.perf_counter(), 0, torch.zeros((), device=self.model.device)
-        for packet in self.source.train_packets(epoch, start % self.steps_per_epoch):
-            with self.memory.step(self.stages, packet):  # the epoch's first step is its sample
-                loss, out = self.train_step(packet, meters)
-            seen += packet.n
-            if out.logits is not None:
-                correct += (out.logits.argmax(dim=1) == out.y).sum()
-            if packet.step % 10 == 0 or packet.step == stop:
-                view.update(packet.step, epoch, float(loss), float(correct) / seen, seen / (time.perf_counter() - t0))
-            if packet.step == stop:
-                break
-        self._epoch = {"meters": meters, "train_s": time.perf_counter() - t0, "seen": seen, "correct": correct,
-                       "seconds": self.timer.totals()}
+        return self.stages[0].lr
 
-    def train_step(self, packet: Packet, meters: list[BlockMeter]) -> tuple[torch.Tensor, Packet]:
-        """One step through all stages, then the joint head's error. Returns the mean block loss (a tensor:
-        no host sync) and the last stage's packet."""
-        step, losses, wire = packet.step, [], self.cfg.pipeline.wire_dtype
-        for k, (stage, meter) in enumerate(zip(self.stages, meters)):
-            computed = stage.step(packet.at_boundary(wire) if k else packet, self.timer)
-            meter.add(computed.blocks, packet.n)
-            losses += [block.stats[0] for block in computed.blocks]
-            packet = computed.out
-        if packet.logits is not None and self.cfg.head.mode == "joint":
-            error = joint_error(packet.logits, packet.y)
-            for stage in self.stages:
-                stage.apply_head_error(step, error)
-        return torch.stack(losses).mean(), packet
+    def batches(self, epoch: int, offset: int) -> Iterator[Packet]:
+        return self.source.train_packets(epoch, offset)
 
-    def end_epoch(self, epoch: int, step: int, evaluate_now: bool) -> tuple[dict, dict | None]:
+    def train_step(self, step: int, packet: Packet) -> Step:
+        """One step through all stages, then the joint head's error; the loss is the blocks' mean (a tensor:
+        no host sync)."""
+        losses, wire, n = [], self.cfg.pipeline.wire_dtype, packet.n
+        with self.memory.step(self.stages, packet):  # the epoch's first step is its sample
+            for k, (stage, meter) in enumerate(zip(self.stages, self.meters)):
+                computed = stage.step(packet.at_boundary(wire) if k else packet, self.timer)
+                meter.add(computed.blocks, n)
+                losses += [block.stats[0] for block in computed.blocks]
+                packet = computed.out
+            if packet.logits is not None and self.cfg.head.mode == "joint":
+                error = joint_error(packet.logits, packet.y)
+                for stage in self.stages:
+                    stage.apply_head_error(step, error)
+        correct = (packet.logits.argmax(dim=1) == packet.y).sum() if packet.logits is not None else None
+        return Step(torch.stack(losses).mean(), correct, n)
+
+    def end_epoch(self, epoch: int, step: int, evaluate_now: bool, tally: EpochTally) -> tuple[dict, dict | None]:
         for stage in self.stages:
             stage.check_finite(epoch)
-        e = self._epoch
-        train_s, seen = e["train_s"], e["seen"]
+        train_s, seen = tally.train_s, tally.seen
         fields = {"train_s": train_s, "samples_per_s": seen / train_s if train_s > 0 else 0.0,
-                  "head_train_acc": float(e["correct"]) / seen if seen and self.cfg.head.mode != "none" else None,
-                  "blocks": [row for meter in e["meters"] for row in meter.rows(e["seconds"])], **self.memory.read()}
+                  "head_train_acc": float(tally.correct) / seen if seen and self.cfg.head.mode != "none" else None,
+                  "blocks": [row for meter in self.meters for row in meter.rows(self.timer.totals())],
+                  **self.memory.read()}
         val = evaluate(self.cfg, self.stages, self.source, self.model.dataset.val).result() if evaluate_now else None
         return {**fields, "cpu_s": time.process_time() - self.cpu0}, val
 

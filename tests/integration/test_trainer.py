@@ -10,9 +10,12 @@ import torch
 
 from ffpipe.config import load_config
 from ffpipe.errors import FFPipeError
+from ffpipe.ff.head import select_range, with_selected_ranges
 from ffpipe.ff.packet import PacketSource
 from ffpipe.ff.stage import NonFiniteLoss
+from ffpipe.run import loop
 from ffpipe.run.checkpoint import latest_checkpoint, load_checkpoint
+from ffpipe.run.records import read_records
 from ffpipe.run.sequential import evaluate_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +48,23 @@ def test_run_writes_every_output(tmp_path):
     assert set(epoch["blocks"][0]) >= {"loss", "g_pos", "g_neg", "acc_pos", "acc_neg", "compute_s"}
     assert set(epoch["val"]) >= {"linear", "goodness", "exit", "infer_ms_per_image"}
     assert records[-1]["kind"] == "test" and summary["test"]["n"] == 1000
+
+
+def test_the_block_range_is_chosen_on_validation_never_on_test(tmp_path, monkeypatch):
+    """THE loop hands the range selection the last epoch's validation readouts, as its record holds them, and
+    applies the choice to the test readouts: a range chosen on test would be tuned to the numbers it reports."""
+    seen = []
+
+    def spy(test, val):
+        seen.append((test, val))
+        return with_selected_ranges(test, val)
+
+    monkeypatch.setattr(loop, "with_selected_ranges", spy)
+    summary = train(load_config(None, MLP + ["train.max_steps=40"]), out=str(tmp_path / "run"))
+    (test, val), = seen
+    epochs = [r for r in read_records(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert val == epochs[-1]["val"] and test != val
+    assert summary["test"]["goodness_selected_range"] == list(select_range(val["goodness_ranges"]))
 
 
 @pytest.mark.parametrize("stop", [120, 50])

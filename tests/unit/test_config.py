@@ -11,7 +11,6 @@ from ffpipe.config import dump_config, load_config
 from ffpipe.data.loading import shape_for_config
 from ffpipe.errors import FFPipeError
 from ffpipe.ff.blocks import block_specs
-from ffpipe.run.records import BlockMeter
 from ffpipe.run.sequential import SequentialRunner
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,13 +23,14 @@ def test_every_shipped_config_loads_and_its_blocks_chain():
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*_cpu.yaml")), ids=lambda p: p.stem)
-def test_cpu_configs_train_a_step_on_the_embedded_slice(path):
+def test_cpu_configs_train_a_step_on_the_embedded_slice(path, tmp_path):
     """The CPU-sized configs promise to run on the slice: one real step through every block, finite losses."""
     cfg = load_config(path, ["data.name=fashion_mnist_small", "data.batch_size=8", "pipeline.stages=1"])
     runner = SequentialRunner(cfg)
-    meters = [BlockMeter(stage.stat_names) for stage in runner.stages]
-    loss, _ = runner.train_step(next(iter(runner.source.train_packets(1, 0))), meters)
-    assert torch.isfinite(loss)
+    runner.start(tmp_path, resume=False)
+    runner.set_epoch(1)
+    done = runner.train_step(1, next(iter(runner.batches(1, 0))))
+    assert torch.isfinite(done.loss)
 
 
 def test_overrides_parse_as_yaml():

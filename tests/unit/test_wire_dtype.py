@@ -1,6 +1,8 @@
 """`pipeline.wire_dtype`: one rounding at every stage boundary, the same in the pipeline's pack/unpack and in
 the sequential runner; only the activity (x, shortcut tensors) is rounded, and float32 changes nothing."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,7 +12,6 @@ from ffpipe.ff.packet import WIRE_DTYPES, Packet
 from ffpipe.ff.partition import partition_table
 from ffpipe.pipeline.wire import Kind, Message
 from ffpipe.pipeline.worker import pack, unpack
-from ffpipe.run.records import BlockMeter
 from ffpipe.run.sequential import SequentialRunner
 
 
@@ -71,11 +72,10 @@ def test_sequential_rounds_at_stage_boundaries_only():
         cfg = load_config(None, ["model.type=linear", "model.depth=2", "model.width=16", "data.batch_size=20",
                                  "data.labels.encoding=onehot", "train.progress=false", *overrides])
         runner = SequentialRunner(cfg)
-        meters = [BlockMeter(stage.stat_names) for stage in runner.stages]
-        for i, p in enumerate(runner.source.train_packets(1, 0)):
-            if i == 3:
-                break
-            runner.train_step(p, meters)
+        runner.start(Path("."), resume=False)  # nothing is read or written there without resume
+        runner.set_epoch(1)
+        for step, p in zip(range(1, 4), runner.batches(1, 0)):
+            runner.train_step(step, p)
         return [e["block"] for s in runner.stages for _, e in sorted(s.state_dict().items())]
 
     def same(a, b):

@@ -26,9 +26,8 @@ from ffpipe.baselines.model import train_step
 from ffpipe.config import Config, load_config
 from ffpipe.data import epoch_batches
 from ffpipe.device import choose_device
+from ffpipe.pipeline.nccl_order import synchronize_device
 from ffpipe.pipeline.topology import Topology
-from ffpipe.pipeline.wire import synchronize_device
-from ffpipe.run.records import BlockMeter
 from ffpipe.run.sequential import SequentialRunner
 
 
@@ -55,13 +54,14 @@ def _timed(run, packets: list, warmup: int, device: torch.device, batch: int, pr
 def ff_step(cfg: Config, warmup: int, steps: int, profile: str | None = None) -> dict:
     """Every stage of the sequential trainer, one after the other (`SequentialRunner.train_step`)."""
     runner = SequentialRunner(cfg)
-    source = runner.source.train_packets(epoch=1)
+    runner.start(Path("."), resume=False)  # nothing is read or written there without resume
+    runner.set_epoch(1)
+    source = runner.batches(1, 0)
     packets = [next(source) for _ in range(warmup + steps)]
-    meters = [BlockMeter(stage.stat_names) for stage in runner.stages]
 
     def run(batch: list) -> None:
         for packet in batch:
-            runner.train_step(packet, meters)
+            runner.train_step(packet.step, packet)
 
     return _timed(run, packets, warmup, runner.model.device, cfg.data.batch_size, profile)
 
