@@ -20,7 +20,8 @@ from ffpipe.run.plots import save_png, subplots
 from ffpipe.run.records import read_records
 
 RESULTS = Path(__file__).resolve().parent / "results" / "accuracy"
-RUNS = {"ffpipe TinyCNN ÷5, 2-stage pipeline, batch 32, 3 epochs": "mnist_fast_probe/b32_3ep_seed0_cpu_s"}
+RUNS = {f"ffpipe mnist_fast.yaml (TinyCNN ÷5, 2 stages, batch 32, 3 epochs), seed {seed}": f"mnist_fast/seed{seed}"
+        for seed in range(3)}
 PEERS = [  # (system, readout, test accuracy, CPU-seconds of training), MNIST, epoch 1
     ("CwComp", "softmax head", 0.9841, 688), ("CwComp", "group goodness readout", 0.9667, 688),
     ("DeeperForward TinyCNN (full width)", "group goodness readout", 0.9553, 1139)]
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
              "| system | readout | accuracy | CPU-seconds | source |", "|---|---|---|---|---|"]
     for label, run in RUNS.items():
         r = ours(run)
-        ax.plot(r["cpu_s"], r["val"], "o-", label=f"{label} (val per epoch)")
-        ax.plot([r["cpu_s"][-1]], [r["test"]], "*", markersize=12, color="C0", label=f"{label} (test)")
+        seed = label.rsplit(" ", 1)[-1]
+        ax.plot(r["cpu_s"], r["val"], "o-", color=f"C{seed}", label=f"ffpipe mnist_fast, seed {seed} (val per epoch)")
+        ax.plot([r["cpu_s"][-1]], [r["test"]], "*", markersize=12, color=f"C{seed}", label=f"seed {seed} (test)")
         for cpu, val in zip(r["cpu_s"], r["val"]):
             lines.append(f"| {label} | group readout, validation | {100 * val:.2f}% | {cpu:.0f} | "
                          f"[{run}]({run}/metrics.jsonl) |")

@@ -6,8 +6,8 @@ Floors were calibrated from 5 runs (seeds 0-4) of exactly these configs on the 2
 both; `fashion_mnist_overlay_small.yaml` for 1 of its 8 epochs: linear 0.746..0.800, 0.65; goodness
 readout 0.524..0.615, 0.42; the epoch's mean `acc_pair` of the trained blocks 1-3 0.703..0.806, 0.62, while
 the fixed random block 0 stays at 0.497..0.519 (the old `bce` default stayed at 0.50 in every block);
-group_ce linear 0.783..0.804, 0.70;
-group_ce group readout 0.291..0.582 (it is noisy after 60 steps), 0.20; MLP head (joint and local give the
+group_ce (recalibrated on the current code, seeds 0-4) linear 0.735..0.810, 0.70; group readout
+0.345..0.491, 0.30 (noisy after 120 steps: its block 0 is near chance); MLP head (joint and local give the
 same numbers here, one readout slice) 0.599..0.653, 0.52; the 5-block residual net (60 steps of 50) group
 readout over all blocks 0.555..0.639, 0.45, and over the range chosen on val 0.626..0.656, 0.55.
 """
@@ -38,7 +38,7 @@ RESIDUAL = ["loss.family=group_ce", "loss.group_goodness=mean", "data.labels.enc
             "loss.exclude_first=false", "data.labels.negatives_per_image=1"]
 STEPS = {"residual": ["train.max_steps=60", "data.batch_size=50"]}
 FLOORS = {
-    "group_ce": ({"linear": 0.70, "group": 0.20}, GROUP_CE),
+    "group_ce": ({"linear": 0.70, "group": 0.30}, GROUP_CE),
     "residual": ({"group": 0.45, "group_selected": 0.55}, RESIDUAL),
 }
 
