@@ -103,6 +103,11 @@ class Packet:
         row = prediction.unsqueeze(0)
         return row if self.exits is None else torch.cat([self.exits, row])
 
+    def head_hits(self) -> torch.Tensor | None:
+        """How many of the packet's images the head's summed logits get right (a device tensor; None without
+        a head): the training accuracy the sequential runner and the pipeline's last stage both count."""
+        return (self.logits.argmax(dim=1) == self.y).sum() if self.logits is not None else None
+
     # -- a stage boundary ----------------------------------------------------------------------------------
     def to_wire(self, wire_dtype: str) -> Packet:
         """The packet as it leaves a stage: the activity (`x`, the shortcut tensors in flight) rounded to

@@ -124,7 +124,7 @@ def _build(cfg: Config, topology: Topology, control: Control, run_dir: Path, ave
     if topology.leader:
         net = model.network
         element_bytes = WIRE_DTYPES[cfg.pipeline.wire_dtype].itemsize
-        print(partition_table(model.specs, model.bounds, net.negatives, model.seconds, net.shortcuts, element_bytes),
+        print(partition_table(net.specs, model.bounds, net.negatives, model.seconds, net.shortcuts, element_bytes),
               flush=True)
         if emulating_nccl():
             print("NCCL pair emulation on (FFPIPE_EMULATE_NCCL=1): one in-order queue per rank pair and process "

@@ -146,7 +146,7 @@ class StageWorker:
         self.meter.add(computed.blocks, packet.n)
         self.seen += packet.n
         if self.topology.last and out.logits is not None:
-            self.head_correct += (out.logits.argmax(dim=1) == out.y).sum()
+            self.head_correct += out.head_hits()
         self.train_end = time.perf_counter()
         self.train_idle = self.links.prev.stats()["idle_s"] if self.links.prev is not None else 0.0
         if self.reports and self.control.live_due():

@@ -15,7 +15,7 @@ import torch
 
 from ffpipe.config import Config, to_dict
 from ffpipe.data import Dataset, load_for_config
-from ffpipe.ff.blocks import BlockSpec, block_specs
+from ffpipe.ff.blocks import block_specs
 from ffpipe.ff.head import GradAverage
 from ffpipe.ff.network import Network
 from ffpipe.ff.packet import PacketSource
@@ -29,10 +29,9 @@ from ffpipe.run.measure import DeviceTimer
 class Model:
     cfg: Config
     dataset: Dataset
-    specs: list[BlockSpec]
+    network: Network  # the specs and what the stages share, derived once here, handed to every stage
     bounds: list[tuple[int, int]]
     device: torch.device
-    network: Network  # derived once here, handed to every stage
     seconds: list[float] | None = None  # the measured block times, for `pipeline.partition: measured`
 
     @classmethod
@@ -44,11 +43,11 @@ class Model:
         if cfg.pipeline.partition == "measured" and seconds is None:
             seconds = measure_block_seconds(cfg, dataset, network, device)
         bounds = partition(specs, cfg.pipeline.stages, cfg.pipeline.partition, network.negatives, seconds)
-        return cls(cfg, dataset, specs, bounds, device, network, seconds)
+        return cls(cfg, dataset, network, bounds, device, seconds)
 
     @property
     def num_blocks(self) -> int:
-        return len(self.specs)
+        return len(self.network)
 
     def stage(self, k: int, average_grads: GradAverage | None = None) -> Stage:
         first, last = self.bounds[k]

@@ -99,8 +99,7 @@ class SequentialRunner:
                 error = joint_error(packet.logits, packet.y)
                 for stage in self.stages:
                     stage.apply_head_error(step, error)
-        correct = (packet.logits.argmax(dim=1) == packet.y).sum() if packet.logits is not None else None
-        return Step(torch.stack(losses).mean(), correct, n)
+        return Step(torch.stack(losses).mean(), packet.head_hits(), n)
 
     def end_epoch(self, epoch: int, step: int, evaluate_now: bool, tally: EpochTally) -> tuple[dict, dict | None]:
         for stage in self.stages:
