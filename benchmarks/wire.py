@@ -8,7 +8,9 @@ Part 1, the wire (2 real processes, gloo over loopback, one torch thread each). 
 - one-way throughput: a stream of messages one way, closed by a small acknowledgement, in bytes/s;
 each for (a) our `Sender`/`Receiver` (`ffpipe.pipeline.wire`, on its own process group, as a stage uses it)
 and (b) raw blocking `dist.send`/`dist.recv` of the same tensor; plus (c) a `copy_` of the same size in one
-process, the floor that any transport pays once. The per-message overhead is ours minus raw (µs); the
+process, the floor that any transport pays once, and (d) a gloo `all_reduce` of the same tensor over both
+processes, what replicas pay per block to average gradients. Our wire's latency and the all-reduce are fitted
+as latency + bytes / bandwidth: the simulator's CPU link presets. The per-message overhead is ours minus raw (µs); the
 ratio is ours / raw.
 
 Part 2, the whole pipeline: the 4×100 and 4×500 MLPs at batch 100 and 500, sequential and on 2 stages
@@ -98,6 +100,16 @@ def _stream_wire(t: torch.Tensor, rank: int, n: int, out: Sender, inp: Receiver)
     return time.perf_counter() - t0
 
 
+def _allreduce(t: torch.Tensor, n: int) -> list[float]:
+    """Seconds per gloo all-reduce of `t` over both processes: what replicas pay to average gradients."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        dist.all_reduce(t)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def _worker(rank: int, port: int, sizes: list[int], repeats: int, quick: bool, path: str) -> None:
     torch.set_num_threads(1)
     configure_process()
@@ -120,6 +132,8 @@ def _worker(rank: int, port: int, sizes: list[int], repeats: int, quick: bool, p
             row["ours_latency_s"] = statistics.median(_pingpong_wire(t, rank, n, out, inp))
             dist.barrier()
             row["ours_bytes_per_s"] = n * size / _stream_wire(t, rank, n, out, inp)
+            dist.barrier()
+            row["allreduce_s"] = statistics.median(_allreduce(t, n))
             if rank == 0:
                 dst = torch.empty_like(t)
                 copies = []
@@ -205,10 +219,21 @@ def measure_pipelines(repeats: int, quick: bool) -> list[dict]:
 
 
 # -- report -------------------------------------------------------------------------------------------------
+def fit_link(table: list[dict], key: str, hops: int = 1) -> dict:
+    """`latency + bytes / bandwidth` fitted to the per-size medians of `key` (seconds): the fixed cost from the
+    small sizes (the median over <= 64 KiB, split over `hops` latencies: a 2-process ring all-reduce pays 2),
+    the bandwidth from the large ones (the median of bytes / (time - fixed) over >= 4 MiB). The simulator's CPU
+    link presets (`ffpipe.lab.sim.links`) carry these numbers."""
+    fixed = statistics.median(r[key] for r in table if r["bytes"] <= SMALL)
+    rate = statistics.median(r["bytes"] / max(r[key] - fixed, 1e-9) for r in table if r["bytes"] >= LARGE)
+    return {"latency_s": fixed / hops, "bandwidth_Bps": rate}
+
+
 def summary_of(table: list[dict], pipelines: list[dict]) -> dict:
     small = [r["overhead_us"] for r in table if r["bytes"] <= SMALL]
     large = [r["bandwidth_ratio"] for r in table if r["bytes"] >= LARGE]
-    out = {"small_message_overhead_us": statistics.median(small) if small else None,
+    out = {"wire_link": fit_link(table, "ours_latency_s"), "allreduce_link": fit_link(table, "allreduce_s", hops=2),
+           "small_message_overhead_us": statistics.median(small) if small else None,
            "small_message_overhead_us_worst": max(small) if small else None,
            "large_message_bandwidth_ratio": statistics.median(large) if large else None,
            "large_message_bandwidth_ratio_worst": min(large) if large else None}
@@ -231,14 +256,16 @@ def markdown(result: dict, command: str) -> str:
              f"(worst {s['small_message_overhead_us_worst']:.0f} µs); goal ≤ 100 µs: **{small_met}**.",
              f"- Large messages (≥ 4 MiB): ours moves **{s['large_message_bandwidth_ratio']:.2f}×** raw gloo's "
              f"bytes/s (worst {s['large_message_bandwidth_ratio_worst']:.2f}×); goal ≥ 0.8×: **{large_met}**.\n",
-             "| payload | raw latency | ours latency | overhead | memcpy | raw stream | ours stream | ours/raw |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"- Fitted as latency + bytes / bandwidth (the simulator's CPU links): our wire {_link(s['wire_link'])}; "
+             f"a gloo all-reduce over the 2 processes {_link(s['allreduce_link'])} per ring hop (2 hops).\n",
+             "| payload | raw latency | ours latency | overhead | memcpy | raw stream | ours stream | ours/raw "
+             "| all-reduce |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["table"]:
         lines.append(f"| {_size(r['bytes'])} | {r['raw_latency_s'] * 1e6:.1f} µs | "
                      f"{r['ours_latency_s'] * 1e6:.1f} µs | {r['overhead_us']:+.1f} µs | "
                      f"{r['memcpy_s'] * 1e6:.1f} µs | "
                      f"{r['raw_bytes_per_s'] / 2**20:,.0f} MiB/s | {r['ours_bytes_per_s'] / 2**20:,.0f} MiB/s | "
-                     f"{r['bandwidth_ratio']:.2f} |")
+                     f"{r['bandwidth_ratio']:.2f} | {r['allreduce_s'] * 1e3:.2f} ms |")
     if result["pipelines"]:
         lines += ["\n## Whole pipelines (2 stages vs sequential, embedded Fashion-MNIST slice, epoch 2)\n",
                   "| model | batch | compute per step, stage 0 / 1 | sequential | 2 stages | bound | of bound |",
@@ -250,6 +277,10 @@ def markdown(result: dict, command: str) -> str:
                          f"{r['bound_fraction']:.2f} |")
     lines.append("\n![latency and bandwidth](wire.png)")
     return "\n".join(lines) + "\n"
+
+
+def _link(fit: dict) -> str:
+    return f"{fit['latency_s'] * 1e6:.0f} µs + bytes / {fit['bandwidth_Bps'] / 1e9:.2f} GB/s"
 
 
 def _size(n: int) -> str:

@@ -102,9 +102,9 @@ def synchronize_device(device: torch.device) -> None:
             _PairQueue._idle.wait_for(lambda: not _PairQueue._posted)
 
 
-def post(op: Callable, tensor: torch.Tensor, peer: int, group):
-    """Start `op` (`dist.isend` or `dist.irecv`) of `tensor` with `peer`; under the emulation, in turn on the
-    pair's queue."""
+def post(start: Callable[[], object], group, peer: int):
+    """Start one send or receive with `peer` (`start()` posts it and returns its work); under the emulation,
+    in turn on the pair's queue."""
     if _EMULATE_NCCL:
-        return _PairQueue.post(group, peer, lambda: op(tensor, peer, group=group))
-    return op(tensor, peer, group=group)
+        return _PairQueue.post(group, peer, start)
+    return start()
