@@ -70,6 +70,13 @@ def markdown(result: dict) -> str:
               f"sequential on 2 threads, {PEER['threaded_pipeline']:g} in its threaded pipeline (1.06x), measured on "
               "a day when ffpipe's own 2-thread sequential run gave 100 samples/s: compare the ratios, not the "
               "rates, across days."]
+    seq1 = rows.get("sequential, 1 thread")
+    if seq1:
+        ceiling = 2 * seq1["median"] / seq2
+        lines += ["", f"Ceiling: two 1-thread stages, perfectly balanced and with a free wire, reach at most twice the "
+                  f"1-thread sequential rate, {2 * seq1['median']:.1f} samples/s = {ceiling:.2f}x the 2-thread run, "
+                  f"because 2 threads in one process already give {seq2 / seq1['median']:.2f}x 1 thread here. "
+                  f"The best pipeline reached {best['median'] / (2 * seq1['median']):.2f} of that ceiling."]
     return "\n".join(lines) + "\n"
 
 
