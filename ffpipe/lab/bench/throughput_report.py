@@ -98,7 +98,8 @@ def _sim_and_idle(result: dict, cores: int) -> list[str]:
     piped = [r for r in result["rows"] if r["method"] == "ff_pipeline"]
     lines = ["## Simulator vs measured", "",
              "Predicted by `ffpipe.lab.sim.validate.predict_measured` from the separate FF-sequential profile of "
-             "the same model (cpu-loopback link, processor sharing when processes > cores).",
+             "the same model (cpu-loopback link between stages, cpu-allreduce between replicas, processor sharing when "
+             "processes > cores).",
              "", "| model | run | measured samples/s | predicted | rel. error | limit |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {row_label(r, cores)} | {_f(r['samples_per_s'])} | "
               f"{_f(r.get('sim_predicted_samples_per_s'))} | {_f(r.get('sim_rel_error'), '.3f')} | "

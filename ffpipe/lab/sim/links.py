@@ -78,12 +78,16 @@ PRESETS: dict[str, LinkPreset] = {p.name: p for p in (
                "nominal: InfiniBand NDR, 400 Gb/s per port = 50 GB/s (NVIDIA ConnectX-7 user manual). "
                "effective: 48 GB/s is OUR ASSUMPTION (HDR's measured 96% of line rate), not a measurement. "
                "latency: NCCL hwLat NET Ring/Simple."),
-    LinkPreset("cpu-loopback", 1.9e9, 1.9e9, 4.5e-3,
-               "MEASURED on this 2-core machine (shared with a training run): ffpipe.pipeline.wire Sender/"
-               "Receiver, depth 2, gloo over loopback TCP, float32 messages of 2 KB to 17 MB, per-message time "
-               "fit to a + bytes/b in 2 runs: a = 3.8 and 5.2 ms, b = 1.87 and 1.89 GB/s. There is no line "
-               "rate (nominal = effective). The fixed cost is Python thread hand-off: with "
-               "sys.setswitchinterval(5e-4) a 2 KB message took 0.9 ms instead of 4.9 ms."),
+    LinkPreset("cpu-loopback", 1.08e9, 1.08e9, 345e-6,
+               "MEASURED on this 2-core machine: `python benchmarks/wire.py --no-pipeline --repeats 3` "
+               "(benchmarks/results/wire/, summary `wire_link`), ffpipe.pipeline.wire Sender/Receiver over "
+               "loopback gloo, one-way ping-pong time per message: the median over <= 64 KiB as the latency, the "
+               "median of bytes / (time - latency) over >= 4 MiB as the bandwidth. No line rate (nominal = "
+               "effective). The fixed cost is Python's thread hand-offs (raw gloo: about 150 us)."),
+    LinkPreset("cpu-allreduce", 1.08e9, 1.08e9, 312e-6,
+               "MEASURED with the wire above (summary `allreduce_link`): gloo's all_reduce of one float32 tensor "
+               "over the 2 processes, fitted as ring_allreduce_s with N = 2 (2 latencies + bytes / bandwidth): "
+               "what replicas pay per block to average gradients."),
     LinkPreset("ideal", math.inf, math.inf, 0.0,
                "free communication: the compute-only limit of a schedule."),
 )}

@@ -58,11 +58,12 @@ def _summary(result: SimResult) -> dict:
 
 
 def simulate_layout(times: MeasuredTimes, counts: list[int], replicas: int, link: Link, *, queue_depth: int = 2,
-                    efficiency: float = 1.0, steps: int = 400) -> dict:
-    """One FF layout (blocks per stage, replicas) of the measured network at its global batch."""
+                    efficiency: float = 1.0, steps: int = 400, allreduce_link: Link | None = None) -> dict:
+    """One FF layout (blocks per stage, replicas) of the measured network at its global batch; the replicas
+    all-reduce over `allreduce_link` (default: `link`)."""
     stages, batch, error_bytes = times.stage_specs(counts, replicas, efficiency)
     result = simulate_pipeline(stages, batch, link=link, queue_depth=queue_depth, replicas=replicas,
-                               head_error_bytes=error_bytes, steps=steps)
+                               head_error_bytes=error_bytes, steps=steps, allreduce_link=allreduce_link)
     return {"stages": len(counts), "replicas": replicas, "partition": list(counts), **_summary(result)}
 
 

@@ -3,7 +3,8 @@
 This is the simulator's honest check: the per-block times come from a sequential (1-stage) run, not from
 the pipelined run being predicted, so the prediction covers the partition, the queues, the wire and the
 replicas' batch split. Two things of this machine are modelled on top of `simulate_pipeline` (our choices):
-- the loopback wire: the `cpu-loopback` link preset (`ffpipe.lab.sim.links`);
+- the loopback wire and the replicas' gloo all-reduce: the `cpu-loopback` and `cpu-allreduce` link presets
+  (`ffpipe.lab.sim.links`), both fitted by `benchmarks/wire.py` on this machine;
 - shared cores: when a run has more processes than the machine has cores, they time-share the cores, so it
   cannot beat `cores` x the 1-process rate (a work-conserving processor-sharing cap; `limit` says "cores").
 Every number returned is a PREDICTION; `measured` comparisons are made by the caller.
@@ -26,9 +27,12 @@ def one_process_rate(profile: MeasuredTimes) -> float:
 
 def predict_measured(profile: MeasuredTimes, counts: list[int], replicas: int = 1, *, cores: int,
                      link: Link | None = None, queue_depth: int = 2) -> dict:
-    """Predicted samples/s of `counts` blocks per stage x `replicas` on a machine with `cores` cores."""
+    """Predicted samples/s of `counts` blocks per stage x `replicas` on a machine with `cores` cores; the
+    replicas all-reduce over `link` when one is given, else over this machine's `cpu-allreduce`."""
+    allreduce_link = link or link_preset("cpu-allreduce")
     link = link or link_preset("cpu-loopback")
-    row = simulate_layout(profile, list(counts), replicas, link, queue_depth=queue_depth)
+    row = simulate_layout(profile, list(counts), replicas, link, queue_depth=queue_depth,
+                          allreduce_link=allreduce_link)
     processes = len(counts) * replicas
     cap = cores * one_process_rate(profile) if processes > cores else math.inf
     capped = cap < row["samples_per_s"]
