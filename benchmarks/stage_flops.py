@@ -29,7 +29,7 @@ from ffpipe.data import Dataset, Split
 from ffpipe.ff.blocks import block_specs
 from ffpipe.ff.network import Network
 from ffpipe.ff.packet import PacketSource
-from ffpipe.ff.stage import Stage
+from ffpipe.ff.stage import Recipe, Stage
 
 OUT = Path(__file__).parent / "results" / "stage_flops"
 
@@ -46,7 +46,7 @@ def time_stage(overrides: list[str], shape, steps: int) -> tuple[float, int]:
     cfg = load_config(None, overrides + ["head.mode=none", "head.readouts=[goodness]", "train.progress=false"])
     data = synthetic_dataset(shape)
     specs = block_specs(cfg.model, shape)
-    stage = Stage(cfg, Network.derive(cfg, specs, 10), 0, len(specs))
+    stage = Stage(Recipe.of(cfg), Network.derive(cfg, specs, 10), 0, len(specs))
     packets = list(PacketSource(cfg, data).train_packets(epoch=1))[: steps + 5]
     times = []
     for i, packet in enumerate(packets):

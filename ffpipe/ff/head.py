@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ffpipe.config import Config
+from ffpipe.config import Config, HeadConfig
 from ffpipe.ff.optim import make_optimizer
 from ffpipe.ff.packet import Packet
 
@@ -81,10 +81,9 @@ class HeadSlices:
     """The head slices of one stage's blocks (global indices), with one optimizer each and, if configured,
     their readout averages; and, in `joint` mode, each step's features until that step's error arrives."""
 
-    def __init__(self, cfg: Config, units: dict[int, int], num_classes: int, device: torch.device):
-        h = cfg.head
+    def __init__(self, h: HeadConfig, seed: int, units: dict[int, int], num_classes: int, device: torch.device):
         self.joint = h.mode == "joint"
-        self.slices = {i: make_slice(u, num_classes, i, cfg.train.seed).to(device) for i, u in units.items()}
+        self.slices = {i: make_slice(u, num_classes, i, seed).to(device) for i, u in units.items()}
         self.optims = {i: make_optimizer(s.parameters(), h.optimizer, h.lr, momentum=h.momentum,
                                          weight_decay=h.weight_decay) for i, s in self.slices.items()}
         self.averages = {i: SliceAverage(s, h.ema_decay) for i, s in self.slices.items()} if h.ema_decay > 0 else {}

@@ -20,11 +20,12 @@ Chunk modes (seed 001 §"training routines"): `local` gives every block its own 
 block ("chunked local update"), and still never across a stage boundary, because the incoming packet is
 detached.
 
-What the stage does not own: time (the runner passes a `DeviceTimer`, `ffpipe.run.measure`, which the stage
-gives each block's span of work under the block's index; the runner decides when to read it), the epoch's
-bookkeeping (the runner sums the `BlockStep`s), and replica gradient averaging (the runner passes
-`average_grads`). It never synchronizes with the host in `compute` or `apply`: whether a
-loss went non-finite is kept on the device (`first_bad_step`) and read once an epoch.
+A stage is built from the `Network` (what every stage must agree on, derived once) and a `Recipe` (the five
+config sections it reads; never the data, pipeline or run sections). What the stage does not own: time (the
+runner passes a `DeviceTimer`, `ffpipe.run.measure`, which the stage gives each block's span of work under the
+block's index; the runner decides when to read it), the epoch's bookkeeping (the runner sums the `BlockStep`s),
+and replica gradient averaging (the runner passes `average_grads`). It never synchronizes with the host in
+`compute` or `apply`: whether a loss went non-finite is kept on the device (`first_bad_step`) and read once an epoch.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ffpipe.config import Config
+from ffpipe.config import Config, HeadConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
 from ffpipe.errors import FFPipeError
 from ffpipe.ff.blocks import build_block
 from ffpipe.ff.head import GradAverage, HeadSlices, exit_predictions, head_loss
@@ -65,6 +66,23 @@ class BlockStep:
     trains: bool
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How a stage's blocks train: the five config sections a stage reads. A stage gets these, never the whole
+    `Config` (as torchtitan hands each part its sections), so it cannot depend on the data, the pipeline or the
+    run directory: where a stage runs is the runner's business, what it is is the `Network`'s."""
+
+    model: ModelConfig  # the norm between blocks
+    loss: LossConfig
+    optim: OptimConfig
+    head: HeadConfig
+    train: TrainConfig  # seed, chunk mode, precision, compile
+
+    @classmethod
+    def of(cls, cfg: Config) -> Recipe:
+        return cls(cfg.model, cfg.loss, cfg.optim, cfg.head, cfg.train)
+
+
 @dataclass
 class Computed:
     """What `compute` returns: the outgoing packet and, per block, what `apply` needs."""
@@ -77,43 +95,45 @@ class Computed:
 class Stage:
     """Blocks `first..last-1` (global indices) with one optimizer each, their objectives and head slices."""
 
-    def __init__(self, cfg: Config, network: Network, first: int, last: int, device: torch.device | str = "cpu",
+    def __init__(self, recipe: Recipe, network: Network, first: int, last: int, device: torch.device | str = "cpu",
                  average_grads: GradAverage | None = None):
         """`network`: what the whole network is (`ffpipe.ff.network`), derived once by the model for every
-        stage; `cfg` gives the sections that set how this stage trains (model, loss, optim, head, train)."""
+        stage; `recipe`: how this stage trains."""
         specs, num_classes = network.specs, network.num_classes
         if not 0 <= first < last <= len(specs):
             raise FFPipeError(f"stage blocks {first}..{last - 1} are outside the {len(specs)}-block model")
-        self.cfg, self.first, self.last, self.num_blocks = cfg, first, last, len(specs)
+        self.recipe = recipe
+        self.first, self.last, self.num_blocks = first, last, len(specs)
         self.num_classes = num_classes
         self.device = torch.device(device)
         self.indices = list(range(first, last))
         self.overlays, self.negatives, self.shortcuts = network.overlays, network.negatives, network.shortcuts
-        self.backprop_chunk = cfg.train.chunk_mode == "backprop"
+        self.backprop_chunk = recipe.train.chunk_mode == "backprop"
         self.average_grads = average_grads
-        self.normalize = between_blocks(cfg.model, num_classes)
-        self.blocks = nn.ModuleList(build_block(specs[i], cfg.train.seed) for i in self.indices).to(self.device)
-        self.objectives = nn.ModuleList(make_objective(cfg.loss, specs[i], num_classes)
+        self.normalize = between_blocks(recipe.model, num_classes)
+        self.blocks = nn.ModuleList(build_block(specs[i], recipe.train.seed) for i in self.indices).to(self.device)
+        self.objectives = nn.ModuleList(make_objective(recipe.loss, specs[i], num_classes)
                                         for i in self.indices).to(self.device)
-        self._forward = [torch.compile(b) if cfg.train.compile else b for b in self.blocks]
+        self._forward = [torch.compile(b) if recipe.train.compile else b for b in self.blocks]
         self.has_loss = [self._block_has_loss(i) for i in self.indices]
         self.trains = [self._block_trains(i) for i in self.indices]
-        o = cfg.optim
+        o = recipe.optim
         self.optims = [make_optimizer(b.parameters(), o.name, o.lr, momentum=o.momentum,
                                       weight_decay=o.weight_decay) if t else None
                        for b, t in zip(self.blocks, self.trains)]
-        self.sig_optims = [make_optimizer([obj.significance], o.name, cfg.loss.significance_lr, momentum=o.momentum)
+        self.sig_optims = [make_optimizer([obj.significance], o.name, recipe.loss.significance_lr, momentum=o.momentum)
                            if obj.significance is not None and t else None
                            for obj, t in zip(self.objectives, self.has_loss)]
         self.readout = network.readout
         heads = [i for i in self.indices if i in self.readout] if network.heads else []
-        self.head = HeadSlices(cfg, {i: specs[i].units for i in heads}, num_classes, self.device)
+        self.head = HeadSlices(recipe.head, recipe.train.seed, {i: specs[i].units for i in heads}, num_classes,
+                               self.device)
         self.first_bad_step = torch.full((len(self.indices),), -1, dtype=torch.long, device=self.device)
-        self._lr = cfg.optim.lr
+        self._lr = recipe.optim.lr
 
     # -- which block learns what -------------------------------------------------------------------------
     def _block_has_loss(self, index: int) -> bool:
-        if index == 0 and self.cfg.loss.exclude_first:
+        if index == 0 and self.recipe.loss.exclude_first:
             return False
         return not self.backprop_chunk or index == self.last - 1
 
@@ -134,9 +154,9 @@ class Stage:
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Set every optimizer's lr for `epoch` (1-indexed): schedules are pure functions of the epoch."""
-        o, rate = self.cfg.optim, schedule_of(self.cfg.optim)
-        groups = [(self.optims, o.lr), (self.sig_optims, self.cfg.loss.significance_lr),
-                  (list(self.head.optims.values()), self.cfg.head.lr)]
+        o, rate = self.recipe.optim, schedule_of(self.recipe.optim)
+        groups = [(self.optims, o.lr), (self.sig_optims, self.recipe.loss.significance_lr),
+                  (list(self.head.optims.values()), self.recipe.head.lr)]
         self._lr = rate(o.lr, epoch, epochs)
         for optims, base in groups:
             lr = rate(base, epoch, epochs)
@@ -145,7 +165,7 @@ class Stage:
                     set_lr(opt, lr)
 
     def _autocast(self):
-        if self.cfg.train.precision == "bf16":
+        if self.recipe.train.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

@@ -20,7 +20,7 @@ from ffpipe.ff.head import GradAverage
 from ffpipe.ff.network import Network
 from ffpipe.ff.packet import PacketSource
 from ffpipe.ff.partition import partition
-from ffpipe.ff.stage import Stage
+from ffpipe.ff.stage import Recipe, Stage
 from ffpipe.run.checkpoint import checkpoint_dir, load_checkpoint, prune_checkpoints, save_shard, write_manifest
 from ffpipe.run.measure import DeviceTimer
 
@@ -51,7 +51,7 @@ class Model:
 
     def stage(self, k: int, average_grads: GradAverage | None = None) -> Stage:
         first, last = self.bounds[k]
-        return Stage(self.cfg, self.network, first, last, self.device, average_grads)
+        return Stage(Recipe.of(self.cfg), self.network, first, last, self.device, average_grads)
 
     def owns_head(self) -> list[bool]:
         """Per stage, whether it holds a head slice (the joint head's error channel reaches those)."""
@@ -99,7 +99,7 @@ def measure_block_seconds(cfg: Config, dataset: Dataset, network: Network, devic
     """Median seconds per training step of each block (compute + apply, as `DeviceTimer` measures them), on a throwaway
     one-stage copy of the network run for a few real steps, for `pipeline.partition: measured`. The first
     step is a warm-up."""
-    stage = Stage(cfg, network, 0, len(network), device)
+    stage = Stage(Recipe.of(cfg), network, 0, len(network), device)
     timer, samples = DeviceTimer(device), []
     for i, packet in enumerate(PacketSource(cfg, dataset, device).train_packets(epoch=1)):
         if i > steps:

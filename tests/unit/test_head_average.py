@@ -11,7 +11,7 @@ from ffpipe.ff.head import HeadSlices
 
 def slices(decay: float) -> HeadSlices:
     cfg = load_config(None, [f"head.ema_decay={decay}", "head.optimizer=sgd", "head.lr=0.5", "head.momentum=0"])
-    return HeadSlices(cfg, {0: 6}, 3, torch.device("cpu"))
+    return HeadSlices(cfg.head, cfg.train.seed, {0: 6}, 3, torch.device("cpu"))
 
 
 def train(head: HeadSlices, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
