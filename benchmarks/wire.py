@@ -9,9 +9,9 @@ Part 1, the wire (2 real processes, gloo over loopback, one torch thread each). 
 each for (a) our `Sender`/`Receiver` (`ffpipe.pipeline.wire`, on its own process group, as a stage uses it)
 and (b) raw blocking `dist.send`/`dist.recv` of the same tensor; plus (c) a `copy_` of the same size in one
 process, the floor that any transport pays once, and (d) a gloo `all_reduce` of the same tensor over both
-processes, what replicas pay per block to average gradients. Our wire's latency and the all-reduce are fitted
-as latency + bytes / bandwidth: the simulator's CPU link presets. The per-message overhead is ours minus raw (µs); the
-ratio is ours / raw.
+processes, what replicas pay each step to average gradients. Our wire's latency and the all-reduce are fitted
+as latency + bytes / bandwidth: the simulator's CPU link presets. The per-message overhead is ours minus raw
+(µs); the ratio is ours / raw.
 
 Part 2, the whole pipeline: the 4×100 and 4×500 MLPs at batch 100 and 500, sequential and on 2 stages
 (`ffpipe train`, real processes), with the bottleneck bound and the fraction of it achieved.

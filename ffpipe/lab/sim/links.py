@@ -87,7 +87,7 @@ PRESETS: dict[str, LinkPreset] = {p.name: p for p in (
     LinkPreset("cpu-allreduce", 1.08e9, 1.08e9, 312e-6,
                "MEASURED with the wire above (summary `allreduce_link`): gloo's all_reduce of one float32 tensor "
                "over the 2 processes, fitted as ring_allreduce_s with N = 2 (2 latencies + bytes / bandwidth): "
-               "what replicas pay per block to average gradients."),
+               "what replicas pay to average gradients."),
     LinkPreset("ideal", math.inf, math.inf, 0.0,
                "free communication: the compute-only limit of a schedule."),
 )}
