@@ -61,7 +61,7 @@ def depth_section(ax) -> list[str]:
     for k, (name, run) in enumerate(DEPTH_HOUR.items()):
         r, model = ours(run), yaml.safe_load((RESULTS / run / "config.yaml").read_text())["model"]
         test, widths = r["test_record"], model["width"]
-        if not name.startswith("TinyCNN"):  # already drawn with its per-epoch rows
+        if run not in DATASETS["Fashion-MNIST"][0].values():  # the panel's own runs are drawn already
             ax.plot(r["cpu_s"], r["val"], "o-", color=f"C{k + 2}", markersize=3, label=f"ffpipe {name} (val per epoch)")
             ax.plot([r["cpu_s"][-1]], [r["test"]], "*", markersize=12, color=f"C{k + 2}", label=f"ffpipe {name} (test)")
         best = max(range(len(test["group_blocks"])), key=test["group_blocks"].__getitem__)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import ffpipe.lab.sim.links as links
-from ffpipe.lab.sim.times import load_times
+from ffpipe.lab.sim.times import times_from_dict
 from ffpipe.lab.sim.validate import predict_measured, relative_error
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput" / "results.json"
@@ -30,10 +29,7 @@ def errors(result: dict) -> list[tuple[str, float, float, float]]:
     for r in result["rows"]:
         if r.get("method") != "ff_pipeline":
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "times.json"
-            path.write_text(json.dumps(result["profiles"][r["model"]]["times"]))
-            times = load_times(path)
+        times = times_from_dict(result["profiles"][r["model"]]["times"], r["model"])
         predicted = predict_measured(times, r["partition"], r["replicas"], cores=2)["samples_per_s"]
         rows.append((f"{r['model']} {r['partition']} x{r['replicas']}", r["samples_per_s"], predicted,
                      relative_error(predicted, r["samples_per_s"])))
